@@ -34,6 +34,7 @@ HOP_LENGTH = 512
 N_CODEBOOKS = 9
 CODEBOOK_SIZE = 1024
 TARGET_RMS_DB = -16.0  # the authors' tokenizer normalises RMS (not LUFS) to -16 dBFS
+OFFICIAL_ID = "dac-44khz-8kbps-0.0.1"
 
 # Architecture of the official 44 kHz 8 kbps model, and a small one with the same token layout.
 DAC_KWARGS = {
@@ -91,15 +92,15 @@ class Codec:
                 model = _build_dac(DAC_KWARGS[size])
             finally:
                 torch.random.set_rng_state(gen_state)
-            codec = cls(model, f"dac-random-{size}-s{seed}",
+            codec = cls(model, codec_id("random", size, seed),
                         f"RANDOM-INIT DAC ({size}, seed {seed}): tokens are not meaningful audio codes")
         else:
             if weights == "official":
                 path = cls._download_official()
-                config_id, what = "dac-44khz-8kbps-0.0.1", f"official DAC 44kHz 8kbps weights ({path})"
+                config_id, what = OFFICIAL_ID, f"official DAC 44kHz 8kbps weights ({path})"
             else:
                 path = Path(weights)
-                config_id, what = f"dac-file-{_file_digest(path)}", f"DAC weights from {path}"
+                config_id, what = codec_id(path), f"DAC weights from {path}"
             model = _load_dac_file(path)
             codec = cls(model, config_id, what)
         codec.model.to(device)
@@ -193,6 +194,16 @@ class Codec:
         B, C, N = x.shape
         x = x.reshape(B * C, 1, N)  # fold channels into the batch
         return resample(x, sample_rate, SAMPLE_RATE)
+
+
+def codec_id(weights: str | os.PathLike, size: str = "full", seed: int = 0) -> str:
+    """The ``config_id`` that :meth:`Codec.load` gives these arguments, without building the model."""
+    weights = str(weights)
+    if weights == "random":
+        return f"dac-random-{size}-s{seed}"
+    if weights == "official":
+        return OFFICIAL_ID
+    return f"dac-file-{_file_digest(Path(weights))}"
 
 
 def normalize_rms(audio: torch.Tensor, target_db: float) -> torch.Tensor:

@@ -1,0 +1,409 @@
+"""The contract every source adapter implements, and the helpers they share.
+
+An adapter knows one corpus: where to fetch it (`files`, or a user's `location` for corpora
+behind a form), how to verify it, how its tracks and stems are laid out, its licence, split
+and quality tier. Two steps, both idempotent:
+
+* `fetch(dest_dir)` downloads (resumable, checksummed) or locates the raw files, extracts
+  archives into `dest_dir/extracted/`, and returns one `RawFileRow` per raw file.
+* `consolidate(raw_dir, out_dir)` writes one audio file per stem in the common layout
+  `out_dir/<split>/<track>/<stem>.wav` and returns `Consolidated` (track, stem and reject
+  rows). It never writes the catalogue: the caller (the job driver) does.
+
+A minimal adapter::
+
+    class MyKits(Source):
+        info = SourceInfo(name="mykits", title="My kits", licence="CC0-1.0",
+                          tier="synthetic", role="drums", homepage="https://example.org")
+
+        def consolidate(self, raw_dir, out_dir):
+            ...
+            return Consolidated(tracks=(...), stems=(...))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+import soundfile as sf
+
+from pipelines.stages.download import sha256_file
+from pipelines.rows import (
+    ROLES,
+    SPLITS,
+    TIERS,
+    RawFileRow,
+    RejectRow,
+    SourceRow,
+    StemRow,
+    TrackRow,
+    stable_id,
+)
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "ROLES",
+    "SPLITS",
+    "TIERS",
+    "Consolidated",
+    "ManualDownloadRequired",
+    "RawFileRow",
+    "RejectRow",
+    "RemoteFile",
+    "Source",
+    "SourceInfo",
+    "StemRow",
+    "TrackRow",
+    "audio_info",
+    "hash_split",
+    "link_or_copy",
+    "probe_stem",
+    "sha256_file",
+    "slug",
+    "stable_id",
+    "stem_path",
+    "track_dir",
+    "write_wav",
+]
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
+
+
+class ManualDownloadRequired(RuntimeError):
+    """The corpus sits behind a form: the user must download it and pass `location`."""
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a corpus is: shown by `python -m pipelines.sources list`, stored in `sources`.
+
+    Attributes:
+        name: registry name (`[a-z0-9_]+`).
+        title: human title.
+        licence: SPDX-like licence id or a short phrase ("per-track CC", "research only").
+        tier: default quality tier of its drum audio ("isolated", "separated", "synthetic").
+        role: what its audio is ("drums", "mix", "rir", "noise").
+        homepage: where a person reads about it.
+        manual_download: True when it cannot be fetched by URL (a form, a licence click).
+        description: one paragraph: layout, what is kept.
+    """
+
+    name: str
+    title: str
+    licence: str
+    tier: str
+    role: str
+    homepage: str = ""
+    manual_download: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z0-9_]+", self.name):
+            raise ValueError(f"SourceInfo.name must match [a-z0-9_]+, got {self.name!r}")
+        if self.tier not in TIERS:
+            raise ValueError(f"SourceInfo.tier must be one of {TIERS}, got {self.tier!r}")
+        if self.role not in ROLES:
+            raise ValueError(f"SourceInfo.role must be one of {ROLES}, got {self.role!r}")
+
+    def to_row(self) -> SourceRow:
+        """The catalogue row of this source."""
+        return SourceRow(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SourceRow)})
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file to download. `size`/`sha256` are checked when known (None = unknown)."""
+
+    url: str
+    filename: str
+    size: int | None = None
+    sha256: str | None = None
+    extract: bool = True
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RemoteFile":
+        url = str(data["url"])
+        return cls(
+            url=url,
+            filename=str(data.get("filename") or url.rstrip("/").rsplit("/", 1)[-1]),
+            size=int(data["size"]) if data.get("size") is not None else None,
+            sha256=str(data["sha256"]).lower() if data.get("sha256") else None,
+            extract=bool(data.get("extract", True)),
+        )
+
+
+@dataclass(frozen=True)
+class Consolidated:
+    """What `Source.consolidate` returns: rows for the catalogue, nothing written yet."""
+
+    tracks: tuple[TrackRow, ...] = ()
+    stems: tuple[StemRow, ...] = ()
+    rejects: tuple[RejectRow, ...] = ()
+
+
+class Source(ABC):
+    """A corpus adapter. Subclasses set `info` and implement `consolidate`.
+
+    Args:
+        files: what to download (from `conf/sources.yaml`); empty for manual/local sources.
+        location: a user-provided archive or folder (manual downloads, local folders).
+        split_ratios: train/val/test fractions for corpora without an official split.
+        sha256: expected digest of a `location` archive (checked before extraction), if known.
+        options: must be empty: subclasses take their settings as named arguments, and pass the
+            rest here so that a misspelt setting is an error, not silently ignored.
+
+    Raises:
+        ValueError: unknown options, or bad split ratios.
+    """
+
+    info: ClassVar[SourceInfo]
+
+    def __init__(
+        self,
+        files: Sequence[RemoteFile] = (),
+        location: str | os.PathLike | None = None,
+        split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
+        sha256: str | None = None,
+        **options: Any,
+    ) -> None:
+        if options:
+            raise ValueError(f"{self.info.name}: unknown options {sorted(options)}")
+        if len(split_ratios) != 3 or any(r < 0 for r in split_ratios) or sum(split_ratios) <= 0:
+            raise ValueError(f"split_ratios must be 3 non-negative numbers, got {split_ratios}")
+        self.files = tuple(files)
+        # Absolute, so catalogue paths stay valid for jobs that run in another working directory.
+        self.location = Path(location).expanduser().resolve() if location else None
+        self.split_ratios = tuple(float(r) for r in split_ratios)
+        self.sha256 = sha256.lower() if sha256 else None
+
+    @classmethod
+    def from_config(cls, entry: Mapping[str, Any]) -> "Source":
+        """Build from one `conf/sources.yaml` entry (keys: files, location, split_ratios, ...)."""
+        entry = dict(entry)
+        files = [RemoteFile.from_dict(f) for f in entry.pop("files", None) or ()]
+        return cls(files=files, **entry)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def fetch(self, dest_dir: str | os.PathLike, **download_options: Any) -> list[RawFileRow]:
+        """Download (or locate) and verify the raw files; extract archives. Resumable.
+
+        Downloads `self.files` (a complete file is not fetched again) and extracts archives to
+        `dest_dir/extracted/<archive name>/`. A user-given `location` (manual downloads, local
+        folders) is used in place: a folder is read where it is, an archive is checked against
+        `sha256` when given and extracted like a download.
+
+        Args:
+            dest_dir: the source's raw folder (`<data>/raw/<source>`).
+            download_options: fields of `DownloadConfig` (retries, timeout_s, progress...).
+
+        Returns:
+            One row per raw file: each download, the user's archive, or each file of a folder.
+
+        Raises:
+            ManualDownloadRequired: a manual source without `location`.
+        """
+        from pipelines.stages.download import DownloadConfig, fetch_and_extract
+
+        dest_dir = Path(dest_dir)
+        if self.location is None and not self.files:
+            if self.info.manual_download:
+                raise ManualDownloadRequired(
+                    f"{self.info.title} must be downloaded by hand from {self.info.homepage}; "
+                    f"then pass location=<archive or folder> for source {self.name!r}"
+                )
+            raise ValueError(f"source {self.name!r} has nothing to fetch: set files or location")
+        rows = self._fetch_location(dest_dir) if self.location is not None else []
+        config = DownloadConfig(**download_options)
+        rows += [fetch_and_extract(self.name, f, dest_dir, config) for f in self.files]
+        return rows
+
+    def _fetch_location(self, dest_dir: Path) -> list[RawFileRow]:
+        from pipelines.stages.download import ChecksumError, archive_stem, extract
+
+        loc = self.location
+        assert loc is not None
+        if loc.is_dir():
+            return [
+                RawFileRow(source=self.name, name=p.relative_to(loc).as_posix(), path=str(p),
+                           size=p.stat().st_size)
+                for p in sorted(loc.rglob("*")) if p.is_file() and not p.name.startswith(".")
+            ]
+        if not loc.is_file():
+            raise FileNotFoundError(f"source {self.name!r}: location {loc} does not exist")
+        stem = archive_stem(loc.name)
+        if stem is None:
+            raise ValueError(f"source {self.name!r}: location {loc} is neither a folder nor an archive")
+        digest = _cached_sha256(loc, dest_dir / "location.sha256")
+        if self.sha256 and digest != self.sha256:
+            raise ChecksumError(f"{loc}: sha256 {digest} does not match the expected {self.sha256}")
+        extract(loc, dest_dir / "extracted" / stem)
+        return [RawFileRow(source=self.name, name=loc.name, path=str(loc), size=loc.stat().st_size,
+                           sha256=digest)]
+
+    def raw_roots(self, raw_dir: str | os.PathLike) -> list[tuple[Path, str | None]]:
+        """Folders to read at consolidation, each with the raw id its files come from.
+
+        Returns `(folder, raw_id)` pairs: an extracted archive gives the archive's raw id; a
+        user's folder gives None, meaning each file is its own raw file (id from its path).
+        """
+        from pipelines.stages.download import archive_stem
+
+        if self.location is not None and self.location.is_dir():
+            return [(self.location, None)]
+        archives = {archive_stem(f.filename): f"downloads/{f.filename}" for f in self.files}
+        if self.location is not None:
+            archives[archive_stem(self.location.name)] = self.location.name
+        extracted = Path(raw_dir) / "extracted"
+        return [
+            (extracted / stem, stable_id(self.name, name))
+            for stem, name in sorted(archives.items(), key=lambda kv: str(kv[0]))
+            if stem is not None and (extracted / stem).is_dir()
+        ]
+
+    def raw_id(self, name: str) -> str:
+        """Id of the raw file called `name` (as in `RawFileRow.name`)."""
+        return stable_id(self.name, name)
+
+    @abstractmethod
+    def consolidate(self, raw_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Consolidated:
+        """Write stems in the common layout under `out_dir` and return their rows."""
+
+    def split_of(self, key: str) -> str:
+        """Deterministic split of a track for corpora without an official split."""
+        return hash_split(f"{self.name}|{key}", self.split_ratios)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by adapters.
+
+
+def hash_split(key: str, ratios: Sequence[float] = (0.8, 0.1, 0.1)) -> str:
+    """Split from a hash of `key`: stable whatever the file order or the number of files.
+
+    The authors split each manifest randomly 80/10/10 with seed 0 (SPEC 5.1); a hash keeps the
+    same proportions but does not move a track when files are added.
+    """
+    total = float(sum(ratios))
+    u = int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) / 0x1_0000_0000
+    edge = 0.0
+    for split, ratio in zip(SPLITS, ratios):
+        edge += ratio / total
+        if u < edge:
+            return split
+    return SPLITS[-1]
+
+
+def slug(text: str) -> str:
+    """A file-system-safe track name: keeps letters, digits, `-_.`; other runs become `_`."""
+    out = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    if not out:
+        raise ValueError(f"cannot make a file name from {text!r}")
+    return out
+
+
+def track_dir(track: str) -> str:
+    """Folder name of a track: readable slug plus a short hash, so distinct names never collide."""
+    return f"{slug(track)[:80]}-{stable_id(track, n=8)}"
+
+
+def stem_path(out_dir: str | os.PathLike, split: str, track: str, stem: str, ext: str = ".wav") -> Path:
+    """The common layout: `out_dir/<split>/<track dir>/<stem><ext>`."""
+    return Path(out_dir) / split / track_dir(track) / f"{stem}{ext}"
+
+
+def _cached_sha256(path: Path, cache: Path) -> str:
+    """sha256 of a large user file, remembered while its size and mtime stay the same."""
+    import json
+
+    st = path.stat()
+    key = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    try:
+        cached = json.loads(cache.read_text())
+        if {k: cached.get(k) for k in key} == key:
+            return str(cached["sha256"])
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = sha256_file(path)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({**key, "sha256": digest}))
+    return digest
+
+
+def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
+    """`(sample_rate, n_channels, n_samples)` of an audio file, from its header.
+
+    Raises:
+        ValueError: the file is not readable audio.
+    """
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise ValueError(f"not readable audio: {path}: {err}") from err
+    return int(info.samplerate), int(info.channels), int(info.frames)
+
+
+def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> None:
+    """Write `audio` (C, N) float as 24-bit PCM WAV, atomically (temp name then rename)."""
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be (C, N), got shape {audio.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    sf.write(str(tmp), np.ascontiguousarray(audio.T), sample_rate, subtype="PCM_24", format="WAV")
+    os.replace(tmp, path)
+
+
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Put `src` at `dst` without copying bytes when possible (hard link), else copy.
+
+    An existing `dst` with the same size is kept, so consolidation re-runs do no work.
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and dst.stat().st_size == src.stat().st_size:
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # other device, or a file system without hard links
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+def probe_stem(
+    source: str,
+    track: str,
+    stem: str,
+    role: str,
+    tier: str,
+    split: str,
+    licence: str,
+    path: str | os.PathLike,
+    raw_ids: Sequence[str] = (),
+    parent_stem_id: str = "",
+) -> StemRow:
+    """A `StemRow` for an audio file already in place: format from its header, sha256 of its bytes.
+
+    Raises:
+        ValueError: the file is not readable audio.
+    """
+    sample_rate, n_channels, n_samples = audio_info(path)
+    return StemRow(
+        source=source, track=track, stem=stem, role=role, tier=tier, split=split, licence=licence,
+        path=str(path), sample_rate=sample_rate, n_channels=n_channels, n_samples=n_samples,
+        raw_ids=tuple(raw_ids), parent_stem_id=parent_stem_id, sha256=sha256_file(path),
+    )
