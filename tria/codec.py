@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -194,6 +195,32 @@ class Codec:
         B, C, N = x.shape
         x = x.reshape(B * C, 1, N)  # fold channels into the batch
         return resample(x, sample_rate, SAMPLE_RATE)
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Which codec a pipeline or trainer uses (see :meth:`Codec.load`)."""
+
+    weights: str = "random"  # "official" | "random" | a path
+    size: str = "full"  # "tiny" for tests and CPU demos
+    seed: int = 0
+    device: str = "auto"  # "auto": cuda when available
+    batch_size: int = 8
+
+    @property
+    def config_id(self) -> str:
+        return codec_id(self.weights, self.size, self.seed)
+
+    def load(self, device: str | None = None, quiet: bool = False) -> "Codec":
+        return Codec.load(self.weights, size=self.size, device=resolve_device(device or self.device), seed=self.seed,
+                          quiet=quiet)
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def codec_id(weights: str | os.PathLike, size: str = "full", seed: int = 0) -> str:

@@ -121,8 +121,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return from_dict(tp, value, where)
     if origin is tuple and isinstance(value, (list, tuple)):
         return tuple(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if tp in (float, int) and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        try:  # YAML 1.1 reads "3e-3" (no dot) as a string
+            return tp(value) if tp is float or not isinstance(value, float) else value
+        except ValueError:
+            raise ConfigError(f"{where.rstrip('.')}: expected a number, got {value!r}") from None
     return value
 
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Sequence
 
 from pipelines.sources.base import (
     AUDIO_EXTENSIONS,
+    ROLES,
     SPLITS,
     TIERS,
     Consolidated,
@@ -40,6 +41,7 @@ class AudioFolderSource(Source):
         tier: tier of every stem (default: `info.tier`).
         licence: licence of every track (default: `info.licence`).
         split: put every track in this split (default: hash split by `split_ratios`).
+        role: what the audio is (default: `info.role`); "mix" sends it through Demucs in the pipeline.
         min_duration_s: shorter files are rejected ("too_short").
     """
 
@@ -56,6 +58,7 @@ class AudioFolderSource(Source):
         licence: str | None = None,
         split: str | None = None,
         min_duration_s: float = 0.0,
+        role: str | None = None,
         **options: Any,
     ) -> None:
         super().__init__(files=files, location=location, split_ratios=split_ratios, **options)
@@ -69,6 +72,9 @@ class AudioFolderSource(Source):
             raise ValueError(f"{self.name}: split must be one of {SPLITS}, got {split!r}")
         self.split = split
         self.min_duration_s = float(min_duration_s)
+        self.role = role or self.info.role
+        if self.role not in ROLES:
+            raise ValueError(f"{self.name}: role must be one of {ROLES}, got {self.role!r}")
 
     def wanted(self, rel: str) -> bool:
         """Does a file (path relative to its root, "/"-separated) belong to this source?"""
@@ -90,7 +96,7 @@ class AudioFolderSource(Source):
                 track = rel.rsplit(".", 1)[0]
                 raw_id = archive_raw_id or stable_id(self.name, rel)
                 split = self.split or self.split_of(track)
-                dest = stem_path(out_dir, split, track, self.info.role, path.suffix.lower())
+                dest = stem_path(out_dir, split, track, self.role, path.suffix.lower())
                 try:
                     sample_rate, _, n_samples = audio_info(path)
                 except ValueError as err:
@@ -104,7 +110,7 @@ class AudioFolderSource(Source):
                         detail=f"{duration_s:.3f} s < {self.min_duration_s} s", source=self.name))
                     continue
                 link_or_copy(path, dest)
-                stems.append(probe_stem(self.name, track, self.info.role, self.info.role, self.tier, split,
+                stems.append(probe_stem(self.name, track, self.role, self.role, self.tier, split,
                                         self.licence, dest, raw_ids=(raw_id,)))
                 tracks.append(TrackRow(source=self.name, track=track, split=split, licence=self.licence,
                                        duration_s=duration_s, title=Path(rel).stem))

@@ -1,0 +1,339 @@
+"""Pipeline job entrypoint: sources -> catalogue -> excerpts -> prompts+features -> tokens -> shards.
+
+Run it on a local or remote Ray cluster::
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python -m pipelines.run conf/pipeline/demo.yaml root=$PWD
+
+or directly (starts or joins a local Ray)::
+
+    python -m pipelines.run conf/pipeline/demo.yaml [key=value ...]
+
+``root`` is the folder that relative paths in the config are resolved against (under ``ray job
+submit`` the job runs in an uploaded copy of the repo, so pass ``root=$PWD``; default: ``$TRIA_ROOT``
+or the current folder). Overrides use dotted keys, e.g. ``shard.samples_per_shard=64
+codec.size=tiny prompts.n_variants=2``.
+
+Idempotent and resumable: the driver is the single catalogue writer, every row is keyed by a stable
+id, and an excerpt is done only when it sits in a complete, registered shard with the same codec,
+feature and augmentation config ids. A re-run does only the missing work; a finished run does none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import tria  # noqa: F401  (torchaudio placeholder)
+from pipelines.catalogue import Catalogue
+from pipelines.rows import RejectRow, stable_id, to_json
+from pipelines.stages.excerpt import FilterConfig, filter_batch, rows_from_batch
+from pipelines.stages.prompts import PromptConfig, prompts_batch
+from pipelines.stages.shard import ShardConfig, ShardSink
+from pipelines.stages.tokenize import Tokenizer
+from tria.codec import CodecConfig
+from tria.config import ConfigError, from_dict, load_yaml, apply_overrides, to_dict
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None  # None: the job's cluster under `ray job submit`, else a local one
+    tokenize_actors: int = 1  # codec actors (one codec each)
+    prompt_batch_size: int = 4
+    tokenize_batch_size: int = 8
+    filter_batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str = "pipeline"
+    root: str = ""  # base for relative paths; "" = $TRIA_ROOT or the current folder
+    catalogue: str = "data/catalogue.duckdb"
+    data_dir: str = "data"  # sources' raw/ and stems/ folders
+    shard_root: str = "data/shards"
+    work_dir: str = "data/work"  # separated stems
+    sources: tuple[dict, ...] = ()  # [{name: musdb18hq, location: ...}, ...]; options go to the adapter
+    ingest: bool = True  # fetch + consolidate the sources first
+    splits: tuple[str, ...] = ("train", "val", "test")
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    separate: dict = field(default_factory=dict)  # pipelines.stages.separate.SeparateConfig fields
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def path(self, p: str) -> Path:
+        base = Path(self.root or os.environ.get("TRIA_ROOT") or os.getcwd())
+        return Path(p) if os.path.isabs(p) or "://" in p else base / p
+
+    @property
+    def source_names(self) -> list[str]:
+        return [str(s["name"]) for s in self.sources]
+
+
+def load_pipeline_config(path: str | None, overrides: list[str]) -> PipelineConfig:
+    data = apply_overrides(load_yaml(path) if path else {}, overrides)
+    return from_dict(PipelineConfig, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages (driver side)
+# ---------------------------------------------------------------------------------------------
+
+def ingest_sources(cfg: PipelineConfig, cat: Catalogue) -> None:
+    from pipelines.sources import get_source, ingest
+
+    for entry in cfg.sources:
+        options = {k: v for k, v in entry.items() if k != "name"}
+        source = get_source(entry["name"], **options)
+        t0 = time.perf_counter()
+        result = ingest(source, cfg.path(cfg.data_dir), catalogue=cat)
+        print(f"[ingest] {source.name}: {result.summary()} in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def _stems(cat: Catalogue, cfg: PipelineConfig, role: str) -> list[dict[str, Any]]:
+    names = cfg.source_names
+    sql = ("SELECT stem_id, source, track, stem, path, split, tier, licence, duration_s FROM stems "
+           "WHERE role = ? AND list_contains(?, split)")
+    params: list[Any] = [role, list(cfg.splits)]
+    if names:
+        sql += " AND list_contains(?, source)"
+        params.append(names)
+    return cat.execute(sql + " ORDER BY stem_id", params).dicts()
+
+
+def separate_mixes(cfg: PipelineConfig, cat: Catalogue, run_id: str) -> None:
+    mixes = _stems(cat, cfg, "mix")
+    done = {r[0] for r in cat.execute("SELECT parent_stem_id FROM stems WHERE parent_stem_id <> ''").rows}
+    todo = [m for m in mixes if m["stem_id"] not in done]
+    if not todo:
+        return
+    import ray
+
+    from pipelines.stages.separate import SeparateConfig, Separator, ray_resources, stem_rows_from_batch
+
+    sep_cfg = from_dict(SeparateConfig, {"out_dir": str(cfg.path(cfg.work_dir) / "separated"), **cfg.separate})
+    print(f"[separate] {len(todo)} mixes with Demucs", flush=True)
+    cat.start_stage(run_id, "separate")
+    ds = ray.data.from_items(todo).map_batches(Separator, fn_constructor_args=(sep_cfg,), batch_size=1,
+                                               compute=ray.data.ActorPoolStrategy(size=1), **ray_resources(sep_cfg))
+    n_ok = n_bad = 0
+    for batch in ds.iter_batches(batch_size=8, batch_format="numpy"):
+        stems, rejects = stem_rows_from_batch(batch)
+        with cat.transaction():
+            cat.upsert(stems)
+            cat.upsert(rejects)
+        n_ok, n_bad = n_ok + len(stems), n_bad + len(rejects)
+    cat.finish_stage(run_id, "separate", n_in=len(todo), n_out=n_ok, n_rejected=n_bad)
+
+
+def filter_stems(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray) -> tuple[int, int]:
+    stems = _stems(cat, cfg, "drums")
+    seen = {r[0] for r in cat.execute("SELECT DISTINCT stem_id FROM excerpts").rows}
+    seen |= {r[0] for r in cat.execute("SELECT item FROM rejects WHERE stage = 'filter'").rows}
+    todo = [s for s in stems if s["stem_id"] not in seen]
+    if not todo:
+        return 0, 0
+    print(f"[filter] {len(todo)} stems ({sum(s['duration_s'] for s in todo) / 3600:.2f} h)", flush=True)
+    cat.start_stage(run_id, "filter")
+    cols = ("stem_id", "source", "track", "stem", "path", "split", "tier")
+    ds = ray.data.from_items([{k: s[k] for k in cols} for s in todo])
+    ds = ds.map_batches(filter_batch, fn_kwargs={"config": cfg.filter}, batch_size=cfg.ray.filter_batch_size)
+    n_exc = n_rej = 0
+    for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
+        excerpts, rejects = rows_from_batch(batch, run_id)
+        with cat.transaction():
+            cat.upsert(excerpts)
+            cat.upsert(rejects)
+        n_exc, n_rej = n_exc + len(excerpts), n_rej + len(rejects)
+    cat.finish_stage(run_id, "filter", n_in=len(todo), n_out=n_exc, n_rejected=n_rej)
+    return n_exc, n_rej
+
+
+def config_ids(cfg: PipelineConfig) -> dict[str, str]:
+    return {"codec_id": cfg.codec.config_id,
+            "features_id": cfg.prompts.features.config_id,
+            "augment_id": f"aug-{cfg.prompts.augment.config_id}-k{cfg.prompts.n_variants}-s{cfg.prompts.seed}"}
+
+
+def pending_excerpts(cfg: PipelineConfig, cat: Catalogue, ids: dict[str, str]) -> list[dict[str, Any]]:
+    """Excerpts of the selected stems that no complete shard with these config ids holds yet."""
+    names = cfg.source_names
+    sql = """
+        SELECT e.excerpt_id AS key, e.source, e.track, e.stem, e.offset_s, e.duration_s, e.loudness_db,
+               s.path, s.split, s.tier
+        FROM excerpts e JOIN stems s ON s.stem_id = e.stem_id
+        WHERE list_contains(?, s.split) AND (? OR list_contains(?, s.source))
+          AND NOT EXISTS (
+            SELECT 1 FROM shard_excerpts se JOIN shards sh ON sh.shard_id = se.shard_id
+            WHERE se.excerpt_id = e.excerpt_id AND sh.status = 'ok' AND sh.codec_id = ?
+              AND sh.features_id = ? AND sh.augment_id = ?)
+        ORDER BY e.excerpt_id"""
+    return cat.execute(sql, [list(cfg.splits), not names, names or [""], ids["codec_id"], ids["features_id"],
+                             ids["augment_id"]]).dicts()
+
+
+def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, todo: list[dict[str, Any]],
+                ids: dict[str, str]) -> tuple[list, list[RejectRow]]:
+    sink = ShardSink(cfg.path(cfg.shard_root), cfg.shard, register=cat.register_shard, ids=ids, run_id=run_id)
+    if sink.remove_partial():
+        print("[shard] removed partial shards left by an interrupted run", flush=True)
+    cat.start_stage(run_id, "shard")
+    ds = ray.data.from_items(todo)
+    ds = ds.map_batches(prompts_batch, fn_kwargs={"config": cfg.prompts}, batch_size=cfg.ray.prompt_batch_size)
+    ds = ds.map_batches(Tokenizer, fn_constructor_args=(cfg.codec, cfg.shard.flac_splits),
+                        batch_size=cfg.ray.tokenize_batch_size,
+                        compute=ray.data.ActorPoolStrategy(size=cfg.ray.tokenize_actors))
+    rejects: list[RejectRow] = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i in range(len(batch["key"])):
+            if not batch["ok"][i]:
+                rejects.append(RejectRow("excerpt", str(batch["key"][i]), "prompts", str(batch["error"][i]),
+                                         source=str(batch["source"][i]), run_id=run_id))
+                continue
+            meta = {k: _plain(batch[k][i]) for k in ("key", "source", "track", "stem", "split", "tier",
+                                                     "offset_s", "duration_s", "loudness_db")}
+            meta.update(n_frames=int(batch["n_frames"][i]), sample_rate=44_100, **ids)
+            if str(batch["codec_id"][i]) != ids["codec_id"]:
+                raise RuntimeError(f"codec id mismatch: actor has {batch['codec_id'][i]}, expected {ids['codec_id']}")
+            sink.add({"key": meta["key"], "tokens": batch["tokens"][i], "feats": batch["feats"][i], "meta": meta,
+                      "flac": batch["flac"][i] or None})
+    written = sink.close()
+    cat.upsert(rejects)
+    cat.finish_stage(run_id, "shard", n_in=len(todo), n_out=sum(r.n_samples for r in written),
+                     n_rejected=len(rejects))
+    return written, rejects
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+
+def run(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run the whole pipeline; returns the summary numbers."""
+    t_start = time.perf_counter()
+    cat = Catalogue(cfg.path(cfg.catalogue))
+    timings: dict[str, float] = {}
+    try:
+        run_id = cat.start_run(cfg.name, to_dict(cfg) | {"root": ""})
+        print(f"[pipeline] run {run_id} ({cfg.name}); catalogue {cat.path}", flush=True)
+        if cfg.ingest and cfg.sources:
+            t0 = time.perf_counter()
+            ingest_sources(cfg, cat)
+            timings["ingest"] = time.perf_counter() - t0
+
+        ids = config_ids(cfg)
+        has_mixes = bool(_stems(cat, cfg, "mix"))
+        ray = _ray(cfg)  # started lazily, only when there is work
+        n_exc = n_rej = 0
+        written: list = []
+        if has_mixes:
+            t0 = time.perf_counter()
+            separate_mixes(cfg, cat, run_id)
+            timings["separate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        n_exc, n_rej = filter_stems(cfg, cat, run_id, ray)
+        timings["filter"] = time.perf_counter() - t0
+        todo = pending_excerpts(cfg, cat, ids)
+        if todo:
+            print(f"[shard] {len(todo)} excerpts to augment, featurise, tokenize and shard", flush=True)
+            t0 = time.perf_counter()
+            written, _ = make_shards(cfg, cat, run_id, ray, todo, ids)
+            timings["prompts+tokenize+shard"] = time.perf_counter() - t0
+        else:
+            print("[shard] nothing to do: every excerpt is already in a complete shard", flush=True)
+        cat.finish_run(run_id)
+        summary = summarize(cfg, cat, ids, written, todo, timings, time.perf_counter() - t_start)
+        return summary
+    finally:
+        cat.close()
+
+
+class _LazyRay:
+    """Imports and initialises Ray on first use, so a run with nothing to do never starts it."""
+
+    def __init__(self, address: str | None):
+        self.address = address
+        self._ray = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._ray is None:
+            import ray
+
+            if not ray.is_initialized():
+                ray.init(address=self.address, log_to_driver=True)
+            self._ray = ray
+        return getattr(self._ray, name)
+
+
+def _ray(cfg: PipelineConfig) -> Any:
+    return _LazyRay(cfg.ray.address)
+
+
+def summarize(cfg: PipelineConfig, cat: Catalogue, ids: dict[str, str], written: list, todo: list,
+              timings: dict[str, float], total_s: float) -> dict[str, Any]:
+    names = cfg.source_names
+    where = "WHERE list_contains(?, source)" if names else "WHERE ? IS NULL"
+    param = [names] if names else [None]
+    hours_in = cat.execute(f"SELECT coalesce(sum(duration_s), 0) / 3600 FROM stems {where} AND role = 'drums'",
+                           param).rows[0][0]
+    excerpts = cat.execute(f"SELECT count(*) FROM excerpts {where}", param).rows[0][0]
+    rejects = Counter(dict(cat.execute(f"SELECT reason, count(*) FROM rejects {where} GROUP BY reason", param).rows))
+    shards = cat.execute("SELECT count(*), coalesce(sum(n_samples), 0), coalesce(sum(n_bytes), 0) FROM shards "
+                         "WHERE status = 'ok' AND codec_id = ? AND features_id = ? AND augment_id = ?",
+                         [ids["codec_id"], ids["features_id"], ids["augment_id"]]).rows[0]
+    audio_s = sum(float(t["duration_s"]) for t in todo)
+    lines = [
+        "=" * 72,
+        f"pipeline {cfg.name}: done in {total_s:.1f} s",
+        f"  drums in catalogue : {hours_in:.3f} h ({', '.join(names) or 'all sources'})",
+        f"  excerpts kept      : {excerpts}",
+        f"  rejects            : {sum(rejects.values())}" + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(rejects.items()))})" if rejects else ""),
+        f"  shards (this config): {shards[0]} holding {shards[1]} samples, {shards[2] / 1e6:.1f} MB under {cfg.path(cfg.shard_root)}",
+        f"  written this run   : {len(written)} shards, {sum(r.n_samples for r in written)} samples",
+    ]
+    for stage, secs in timings.items():
+        rate = f", {audio_s / secs:.1f} s audio/s" if stage.startswith("prompts") and secs > 0 and audio_s else ""
+        lines.append(f"  {stage:<19}: {secs:.1f} s{rate}")
+    lines += [f"  catalogue          : {cat.path}", "=" * 72]
+    print("\n".join(lines), flush=True)
+    return {"hours_in": hours_in, "excerpts": excerpts, "rejects": dict(rejects), "shards": shards[0],
+            "samples": shards[1], "written": len(written), "timings": timings}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", help="pipeline YAML (conf/pipeline/*.yaml)")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys, YAML values)")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_pipeline_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return 0
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

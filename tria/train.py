@@ -1,0 +1,616 @@
+"""Train TRIA on WebDataset shards: one process or DDP under torchrun, the same code path.
+
+One process (CPU or one GPU)::
+
+    python -m tria.train conf/train/paper_2b.yaml [key=value ...]
+
+One machine, N processes (gloo on CPU, nccl on GPU)::
+
+    torchrun --standalone --nproc_per_node N -m tria.train conf/train/paper_2b.yaml
+
+Several machines::
+
+    torchrun --nnodes M --node_rank R --nproc_per_node N --rdzv_backend c10d \\
+        --rdzv_endpoint HOST:29500 -m tria.train conf/train/paper_2b.yaml
+
+Resume exactly where a run stopped (model, optimiser, scheduler, scaler, RNG, data position)::
+
+    python -m tria.train conf/train/paper_2b.yaml --resume
+
+The shards come from the catalogue (split, tiers, config ids); every rank-0 side effect (MLflow,
+checkpoints, samples, catalogue rows) happens in one place: ``Trainer.is_main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import tria  # noqa: F401  (torchaudio placeholder)
+from tria.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tria.codec import CodecConfig
+from tria.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from tria.curriculum import CurriculumConfig, allowed_codebooks, codebook_weights
+from tria.data import ReaderConfig, ShardDataset, ShardLoader, ShardSpec
+from tria.features import RhythmFeatureConfig
+from tria.masking import MaskConfig, build_training_batch, masked_token_loss
+from tria.model import TRIA, ModelConfig, count_parameters
+from tria.sampling import SamplerConfig, generate
+from tria.tracking import JsonlLogger, MLflowLogger, NullLogger, StdoutLogger
+
+SIZES = {  # named model sizes (SPEC 3.1); `model.overrides` changes any field
+    "small": dict(n_channels=512, n_layers=12, n_heads=8, p_dropout=0.2),
+    "student": dict(n_channels=384, n_layers=6, n_heads=6, p_dropout=0.2),
+    "tiny": dict(n_channels=64, n_layers=2, n_heads=4, p_dropout=0.0),
+}
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    size: str = "small"
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OptimConfig:  # SPEC 4.2
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 1e-6
+    eps: float = 1e-8
+    gamma: float = 0.999996  # ExponentialLR per step
+    grad_clip: float = 1e3  # the authors' value: effectively logging only
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    catalogue: str = "data/catalogue.duckdb"
+    train_split: str = "train"
+    val_split: str = "val"
+    tiers: tuple[str, ...] = ("isolated", "separated", "synthetic")
+    tier_weights: dict = field(default_factory=dict)  # {tier: weight}: mix tiers as weighted streams
+    epoch_size: int | None = None  # samples per epoch when tiers are mixed by weight
+    batch_size: int = 24  # global: divided by the world size (as the authors' Accelerator does)
+    num_workers: int = 0
+    shuffle_buffer: int = 2048
+    val_batches: int = 8
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str = ""  # "" = no MLflow (JSONL + stdout only)
+    experiment: str = "tria"
+    run_name: str = ""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "tria"
+    root: str = ""  # base of relative paths ("" = $TRIA_ROOT or the current folder)
+    out_dir: str = "runs/train"  # checkpoints, metrics.jsonl, samples go to out_dir/name
+    seed: int = 0
+    num_iters: int = 120_000
+    log_every: int = 10
+    val_every: int = 2000
+    sample_every: int = 2000  # 0 = never
+    n_samples: int = 4
+    ckpt_every: int = 2000
+    amp: bool = True  # fp16 autocast + GradScaler, CUDA only (as the authors)
+    device: str = "auto"
+    model: ModelSection = field(default_factory=ModelSection)
+    features: RhythmFeatureConfig = field(default_factory=RhythmFeatureConfig.paper)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def path(self, p: str) -> Path:
+        base = Path(self.root or os.environ.get("TRIA_ROOT") or os.getcwd())
+        return Path(p) if os.path.isabs(p) else base / p
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path(self.out_dir) / self.name
+
+    def model_config(self) -> ModelConfig:
+        if self.model.size not in SIZES:
+            raise ConfigError(f"model.size must be one of {sorted(SIZES)}, got {self.model.size!r}")
+        return ModelConfig(**{**SIZES[self.model.size], "n_feats": self.features.n_bands, **self.model.overrides})
+
+
+def load_train_config(path: str | None, overrides: list[str]) -> TrainConfig:
+    return from_dict(TrainConfig, apply_overrides(load_yaml(path) if path else {}, overrides))
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed set-up: one flag (torchrun sets RANK)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device: str) -> Dist:
+    if "RANK" not in os.environ:
+        return Dist()
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend)
+    d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    if backend == "nccl":
+        torch.cuda.set_device(d.local_rank)
+    return d
+
+
+def _all_reduce(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.enabled:
+        dist.all_reduce(t)
+    return t
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards from the catalogue
+# ---------------------------------------------------------------------------------------------
+
+def select_shards(cfg: TrainConfig, split: str, required: bool = True) -> tuple[list[ShardSpec], dict[str, Any]]:
+    """Complete shards of ``split`` in the configured tiers whose codec and feature ids match this run.
+
+    Returns the specs and a description of the selection (the query and shard checksums) for MLflow.
+    """
+    from pipelines.catalogue import Catalogue  # the trainer reads the catalogue; only the pipeline writes it
+
+    sql = ("SELECT path, n_samples, sha256, tier FROM shards WHERE status = 'ok' AND split = ? "
+           "AND list_contains(?, tier) AND codec_id = ? AND features_id = ? ORDER BY path")
+    params = [split, list(cfg.data.tiers), cfg.codec.config_id, cfg.features.config_id]
+    with Catalogue(cfg.path(cfg.data.catalogue), read_only=True) as cat:
+        rows = cat.execute(sql, params).dicts()
+        if not rows and not required:
+            print(f"[train] warning: no '{split}' shards match this config; validation and samples are off", flush=True)
+            return [], {}
+        if not rows:
+            have = cat.execute("SELECT DISTINCT split, tier, codec_id, features_id FROM shards WHERE status = 'ok'"
+                               ).dicts()
+            raise ValueError(
+                f"no '{split}' shards with tiers {list(cfg.data.tiers)}, codec_id={params[2]} and "
+                f"features_id={params[3]} in {cfg.path(cfg.data.catalogue)}; the catalogue has: {have or 'no shards'}. "
+                "Run the pipeline with the same codec and feature settings as this training config.")
+    weights = cfg.data.tier_weights
+    specs = [ShardSpec(url=r["path"], n_samples=int(r["n_samples"]), sha256=r["sha256"], stream=r["tier"],
+                       weight=float(weights[r["tier"]]) if weights and r["tier"] in weights else None) for r in rows]
+    if weights:  # every stream needs a weight once any has one
+        specs = [s if s.weight is not None else dataclasses.replace(s, weight=0.0) for s in specs]
+        specs = [s for s in specs if s.weight > 0]
+    selection = {"query": sql, "params": params, "shards": [{"path": s.url, "sha256": s.sha256} for s in specs]}
+    return specs, selection
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class State:
+    """Everything the loop touches (DAC's `State`): built once, saved in every checkpoint."""
+
+    model: TRIA
+    ddp: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_data: ShardDataset
+    train_loader: ShardLoader
+    step: int = 0
+    mlflow_run_id: str = ""
+    best_val: float = math.inf
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.cfg = cfg
+        self.device = _device(cfg.device)
+        self.dist = init_distributed(self.device)
+        if self.dist.enabled and self.device.startswith("cuda"):
+            self.device = f"cuda:{self.dist.local_rank}"
+        self.is_main = self.dist.rank == 0
+        if cfg.data.batch_size % self.dist.world:
+            raise ConfigError(f"data.batch_size {cfg.data.batch_size} must divide by the world size {self.dist.world}")
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.run_dir = cfg.run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.use_amp = cfg.amp and self.device.startswith("cuda")
+
+        train_specs, self.selection = select_shards(cfg, cfg.data.train_split)
+        self.val_specs, _ = select_shards(cfg, cfg.data.val_split, required=False) if cfg.data.val_batches else ([], {})
+        self.state = self._build_state(train_specs)
+        if resume:
+            self._resume()
+        self.logger = self._build_logger()
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _build_state(self, train_specs: list[ShardSpec]) -> State:
+        cfg = self.cfg
+        model = TRIA(cfg.model_config()).to(self.device)
+        ddp = DDP(model, device_ids=[self.dist.local_rank] if self.device.startswith("cuda") else None) \
+            if self.dist.enabled else model
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=o.gamma)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        reader = ReaderConfig(batch_size=cfg.data.batch_size // self.dist.world, seed=cfg.seed,
+                              shuffle_buffer=cfg.data.shuffle_buffer, epoch_size=cfg.data.epoch_size)
+        data = ShardDataset(train_specs, reader, rank=self.dist.rank, world_size=self.dist.world)
+        loader = ShardLoader(data, num_workers=cfg.data.num_workers)
+        if self.is_main:
+            print(f"[train] {cfg.name}: TRIA {cfg.model.size} ({count_parameters(model):,} parameters) on "
+                  f"{self.device} x{self.dist.world}; {len(train_specs)} train shards "
+                  f"({sum(s.n_samples for s in train_specs)} excerpts)", flush=True)
+        return State(model, ddp, optimizer, scheduler, scaler, data, loader)
+
+    def _build_logger(self):
+        if not self.is_main:
+            return NullLogger()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        loggers = [JsonlLogger(self.run_dir / "metrics.jsonl"), StdoutLogger()]
+        m = self.cfg.mlflow
+        if m.tracking_uri:
+            ml = MLflowLogger(m.tracking_uri, m.experiment, run_name=m.run_name or self.cfg.name,
+                              run_id=self.state.mlflow_run_id or None, run_dir=str(self.run_dir))
+            self.state.mlflow_run_id = ml.run_id
+            loggers.append(ml)
+            print(f"[train] MLflow run {ml.run_id} at {m.tracking_uri} (experiment {m.experiment})", flush=True)
+        logger = _Fanout(loggers)
+        resolved = to_dict(self.cfg)
+        logger.log_config(resolved)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        (self.run_dir / "shards.json").write_text(json.dumps(self.selection, indent=1))
+        logger.log_artifact(self.run_dir / "shards.json")
+        self._record_in_catalogue()
+        return logger
+
+    def _record_in_catalogue(self) -> None:
+        from pipelines.catalogue import Catalogue
+
+        try:
+            with Catalogue(self.cfg.path(self.cfg.data.catalogue)) as cat:
+                cat.start_training_run(self.state.mlflow_run_id or f"local-{self.cfg.name}",
+                                       [s["path"] for s in self.selection["shards"]], experiment=self.cfg.mlflow.experiment,
+                                       name=self.cfg.name, config=to_dict(self.cfg))
+        except Exception as e:  # the catalogue is locked by a running pipeline: training still proceeds
+            print(f"[train] warning: could not record this run in the catalogue: {e}", flush=True)
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def save(self, tag: str) -> Path | None:
+        if not self.is_main:
+            return None
+        s = self.state
+        train_state = {
+            "step": s.step, "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
+            "scaler": s.scaler.state_dict(), "data": s.train_loader.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": _np_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "mlflow_run_id": s.mlflow_run_id, "best_val": s.best_val, "config": json.dumps(to_dict(self.cfg)),
+        }
+        path = save_checkpoint(self.ckpt_dir / f"{tag}.pt", s.model.cfg, s.model, self.cfg.codec.config_id,
+                               self.cfg.features.to_dict(), self.cfg.features.config_id, train_state)
+        return path
+
+    def _resume(self) -> None:
+        path = self.ckpt_dir / "latest.pt"
+        if not path.exists():
+            if self.is_main:
+                print(f"[train] --resume: no checkpoint at {path}, starting from step 0", flush=True)
+            return
+        ckpt = load_checkpoint(path, map_location="cpu")
+        if ckpt["features_id"] != self.cfg.features.config_id or ckpt["codec_id"] != self.cfg.codec.config_id:
+            raise CheckpointError(f"{path} was trained with features {ckpt['features_id']} / codec {ckpt['codec_id']}, "
+                                  f"this config uses {self.cfg.features.config_id} / {self.cfg.codec.config_id}")
+        ts = ckpt["train_state"]
+        s = self.state
+        s.model.load_state_dict(ckpt["model"])
+        s.optimizer.load_state_dict(ts["optimizer"])
+        s.scheduler.load_state_dict(ts["scheduler"])
+        s.scaler.load_state_dict(ts["scaler"])
+        s.train_loader.load_state_dict(ts["data"])
+        torch.set_rng_state(ts["rng"]["torch"])
+        np.random.set_state(_np_state_from(ts["rng"]["numpy"]))
+        if ts["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ts["rng"]["cuda"])
+        s.step, s.mlflow_run_id, s.best_val = int(ts["step"]), ts["mlflow_run_id"], float(ts["best_val"])
+        if self.is_main:
+            print(f"[train] resumed from {path} at step {s.step} (data position {ts['data']})", flush=True)
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def _masks(self, batch: dict[str, Any], step: int, train: bool) -> dict[str, torch.Tensor]:
+        tokens = batch["tokens"]
+        B = tokens.shape[0]
+        # Per-example seeds: unique per (step, rank, slot) and independent of the world size layout,
+        # so a resumed run draws the same masks (the authors use idx + a running offset).
+        base = step * self.cfg.data.batch_size + self.dist.rank * B
+        idx = [base + i for i in range(B)] if train else [10_000_000 + base + i for i in range(B)]
+        mask_cfg = self.cfg.mask if train else dataclasses.replace(self.cfg.mask, p_cfg_dropout=0.0)
+        allowed = allowed_codebooks(list(batch["tier"]), self.cfg.curriculum)
+        weights = codebook_weights(step, self.cfg.curriculum) if train else None  # val: every allowed codebook
+        return build_training_batch(tokens, batch["lengths"], idx, mask_cfg, allowed, weights)
+
+    def _forward_loss(self, batch: dict[str, Any], step: int, train: bool):
+        tokens = batch["tokens"].to(self.device)
+        feats = batch["feats"].to(self.device)
+        m = self._masks({**batch, "tokens": tokens}, step, train)
+        net = self.state.ddp if train else self.state.model
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
+            logits = net(tokens, feats, m["codebook"], m["tokens_mask"], m["feats_mask"], m["lengths"])
+        out = masked_token_loss(logits, tokens, m["tokens_mask"], m["codebook"], m["lengths"],
+                                label_smoothing=self.cfg.mask.label_smoothing, normalization="authors")
+        if self.cfg.mask.loss_normalization == "masked":
+            # Per target token over all ranks: DDP averages gradients, so scale by world / total tokens.
+            total = _all_reduce(out.n_tokens.detach().float().clone(), self.dist).clamp_min(1)
+            out.loss = out.loss_sum * self.dist.world / total
+        return out, m
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        s = self.state
+        s.ddp.train()
+        out, m = self._forward_loss(batch, s.step, train=True)
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(out.loss).backward()
+        s.scaler.unscale_(s.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), self.cfg.optim.grad_clip)
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        lr = s.scheduler.get_last_lr()[0]
+        s.scheduler.step()
+        stats = torch.cat([out.loss.detach().float().reshape(1) / self.dist.world,
+                           out.codebook_loss_sum.float(), out.codebook_count.float(), out.codebook_correct.float(),
+                           m["mask_prop"].float().mean().reshape(1) / self.dist.world])
+        stats = _all_reduce(stats, self.dist).cpu()
+        K = out.codebook_count.numel()
+        metrics = {"train/loss": stats[0].item(), "train/grad_norm": float(grad_norm), "train/lr": lr,
+                   "mask/rate": stats[-1].item()}
+        metrics.update(_codebook_metrics("train", stats[1:1 + K], stats[1 + K:1 + 2 * K], stats[1 + 2 * K:1 + 3 * K]))
+        return metrics
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss on a fixed validation set: the first ``val_batches`` batches of the val shards, unshuffled,
+        fixed mask seeds, no CFG dropout."""
+        if not self.val_specs:
+            return {}
+        cfg = self.cfg
+        reader = ReaderConfig(batch_size=cfg.data.batch_size // self.dist.world, seed=0, shuffle=False, drop_last=False)
+        data = ShardDataset(self.val_specs, reader, rank=self.dist.rank, world_size=self.dist.world)
+        self.state.model.eval()
+        K = self.state.model.cfg.n_codebooks
+        tot = torch.zeros(2 + 3 * K)
+        for i, batch in enumerate(ShardLoader(data)):
+            if i >= cfg.data.val_batches:
+                break
+            out, _ = self._forward_loss(batch, i, train=False)
+            tot += torch.cat([out.loss_sum.float().reshape(1).cpu(), out.n_tokens.float().reshape(1).cpu(),
+                              out.codebook_loss_sum.float().cpu(), out.codebook_count.float().cpu(),
+                              out.codebook_correct.float().cpu()])
+        tot = _all_reduce(tot.to(self.device), self.dist).cpu()
+        metrics = {"val/loss": (tot[0] / tot[1].clamp_min(1)).item()}  # per target token
+        metrics.update(_codebook_metrics("val", tot[2:2 + K], tot[2 + K:2 + 2 * K], tot[2 + 2 * K:2 + 3 * K]))
+        return metrics
+
+    @torch.no_grad()
+    def write_samples(self) -> list[Path]:
+        """Decode a few validation examples: prefix = first (1 - max_span_prop) of the frames, the rest
+        generated from their own rhythm features (SPEC 4.2 "samples")."""
+        if not (self.is_main and self.val_specs and self.cfg.n_samples):
+            return []
+        from tria.audio import save_audio
+
+        reader = ReaderConfig(batch_size=self.cfg.n_samples, seed=0, shuffle=False, drop_last=False)
+        batch = next(iter(ShardLoader(ShardDataset(self.val_specs, reader))))
+        tokens, feats, lengths = batch["tokens"], batch["feats"], batch["lengths"]
+        B, K, T = tokens.shape
+        prefix = int(T * (1 - self.cfg.mask.max_span_prop))
+        t = torch.arange(T)
+        tokens_mask = (t < prefix)[None, None].expand(B, K, T).clone()
+        feats_mask = (t >= prefix)[None].expand(B, T).clone()
+        out = generate(self.state.model, tokens, feats, tokens_mask, feats_mask, lengths, self.cfg.sampler,
+                       seed=self.cfg.seed)
+        codec = self._codec()
+        audio = codec.decode(out.cpu())
+        folder = self.run_dir / "samples" / f"step{self.state.step:07d}"
+        paths = []
+        for i in range(B):
+            n = int(lengths[i]) * codec.hop_length
+            y = audio[i, 0, :n]
+            y = y / max(1.0, float(y.abs().max()))
+            paths.append(save_audio(folder / f"{batch['keys'][i]}.wav", y, codec.sample_rate))
+        return paths
+
+    def _codec(self):
+        if not hasattr(self, "_codec_obj"):
+            self._codec_obj = self.cfg.codec.load(device=self.device if self.device != "cpu" else "cpu", quiet=False)
+        return self._codec_obj
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def train(self) -> dict[str, float]:
+        cfg, s = self.cfg, self.state
+        last: dict[str, float] = {}
+        t_wait = t_step = 0.0
+        n_seen = 0
+        t_log = time.perf_counter()
+        progress = _progress(self.is_main, s.step, cfg.num_iters)
+        while s.step < cfg.num_iters:
+            t0 = time.perf_counter()
+            for batch in s.train_loader:
+                t1 = time.perf_counter()
+                metrics = self.train_step(batch)
+                s.step += 1
+                t2 = time.perf_counter()
+                t_wait, t_step = t_wait + (t1 - t0), t_step + (t2 - t1)
+                n_seen += batch["tokens"].shape[0] * self.dist.world
+                progress.update(1)
+                last = metrics
+                if s.step % cfg.log_every == 0 or s.step == cfg.num_iters:
+                    dt = time.perf_counter() - t_log
+                    T = batch["tokens"].shape[-1]
+                    metrics.update({"data/examples_per_s": n_seen / dt, "data/tokens_per_s": n_seen * T * 9 / dt,
+                                    "data/wait_s": t_wait, "data/step_s": t_step,
+                                    "data/wait_fraction": t_wait / max(t_wait + t_step, 1e-9),
+                                    "data/epoch": s.train_data.epoch})
+                    self.logger.log_dict(metrics, s.step)
+                    t_wait = t_step = 0.0
+                    n_seen = 0
+                    t_log = time.perf_counter()
+                self._periodic(s.step)
+                if s.step >= cfg.num_iters:
+                    break
+                t0 = time.perf_counter()
+        progress.close()
+        return last
+
+    def _periodic(self, step: int) -> None:
+        cfg = self.cfg
+        if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.num_iters):
+            val = self.validate()
+            if val:
+                self.logger.log_dict(val, step)
+                if val["val/loss"] < self.state.best_val:
+                    self.state.best_val = val["val/loss"]
+                    self.save("best")
+        if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.num_iters):
+            for p in self.write_samples():
+                self.logger.log_artifact(p)
+        if step % cfg.ckpt_every == 0 or step == cfg.num_iters:
+            path = self.save("latest")
+            if path is not None and step == cfg.num_iters:
+                self.logger.log_artifact(path)
+        if self.dist.enabled:
+            dist.barrier()
+
+    def close(self, status: str = "done") -> None:
+        self.logger.close()
+        if self.is_main and self.state.mlflow_run_id:
+            from pipelines.catalogue import Catalogue
+
+            try:
+                with Catalogue(self.cfg.path(self.cfg.data.catalogue)) as cat:
+                    cat.finish_training_run(self.state.mlflow_run_id, status)
+            except Exception as e:
+                print(f"[train] warning: could not update the catalogue: {e}", flush=True)
+        if self.dist.enabled:
+            dist.destroy_process_group()
+
+
+class _Fanout:
+    """Sends every call to several loggers (JSONL + stdout + MLflow)."""
+
+    def __init__(self, loggers: list):
+        self.loggers = loggers
+
+    def __getattr__(self, name: str):
+        def call(*args, **kwargs):
+            for lg in self.loggers:
+                getattr(lg, name)(*args, **kwargs)
+        return call
+
+
+def _codebook_metrics(prefix: str, loss_sum: torch.Tensor, count: torch.Tensor, correct: torch.Tensor) -> dict:
+    out = {}
+    for k in torch.nonzero(count).flatten().tolist():
+        out[f"{prefix}/loss_cb{k}"] = (loss_sum[k] / count[k]).item()
+        out[f"{prefix}/acc_cb{k}"] = (correct[k] / count[k]).item()
+        out[f"{prefix}/frac_cb{k}"] = (count[k] / count.sum()).item()
+    return out
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _np_state() -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
+            "gauss": gauss}
+
+
+def _np_state_from(d: dict) -> tuple:
+    return (d["name"], d["keys"].numpy().astype(np.uint32), int(d["pos"]), int(d["has_gauss"]), float(d["gauss"]))
+
+
+class _progress:
+    """tqdm on rank 0 (the step counter), nothing elsewhere."""
+
+    def __init__(self, on: bool, start: int, total: int):
+        self.bar = None
+        if on:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                            mininterval=2.0, file=sys.stderr)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tria.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", help="training YAML (conf/train/*.yaml)")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_iters=100 data.batch_size=8")
+    ap.add_argument("--resume", action="store_true", help="continue from <out_dir>/<name>/checkpoints/latest.pt")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+        cfg.model_config()
+    except (ConfigError, ValueError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return 0
+    trainer = Trainer(cfg, resume=args.resume)
+    status = "failed"
+    try:
+        last = trainer.train()
+        status = "done"
+        if trainer.is_main:
+            print(f"[train] done: step {trainer.state.step}, loss {last.get('train/loss', float('nan')):.4f}; "
+                  f"checkpoint {trainer.ckpt_dir / 'latest.pt'}", flush=True)
+    finally:
+        trainer.close(status)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
