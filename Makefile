@@ -10,16 +10,24 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean-venv
+.PHONY: demo test setup clean-venv chromium
 
 demo: $(STAMP)
-	$(PY) -m tria.demo
+	VENV=$(VENV) bash orchestration/demo.sh
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests - failing"; exit 1; fi; exit $$rc
 
 setup: $(STAMP)
+
+# The browser test drives Debian's chromium (playwright cannot download its own browser offline).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "[setup] installing Debian's chromium for the browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || exit 1; \
+	  else echo "[setup] the browser test needs Debian's chromium: sudo apt-get install chromium"; fi; }
 
 $(STAMP): pyproject.toml requirements/base.txt requirements/nodeps.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

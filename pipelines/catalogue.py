@@ -230,8 +230,14 @@ class Catalogue:
             self.upsert(result.rejects)
 
     def register_shard(self, row: ShardRow, excerpt_ids: Iterable[str] = ()) -> str:
-        """Record a complete shard and the excerpts in it; returns its shard id."""
+        """Record a complete shard and the excerpts in it; returns its shard id.
+
+        The shard's excerpt list is replaced, not merged: a path can be written again after its old
+        file was lost (verify marks it bad, the next run reuses the free index), and the old links
+        would then claim excerpts the new file does not hold.
+        """
         with self.transaction():
+            self._run("DELETE FROM shard_excerpts WHERE shard_id = ?", [row.id])
             self.upsert([row])
             self._link("shard_excerpts", "shard_id", row.id, "excerpt_id", excerpt_ids)
         return row.id

@@ -121,14 +121,16 @@ def separate_mixes(cfg: PipelineConfig, cat: Catalogue, run_id: str) -> None:
 
     from pipelines.stages.separate import SeparateConfig, Separator, ray_resources, stem_rows_from_batch
 
-    sep_cfg = from_dict(SeparateConfig, {"out_dir": str(cfg.path(cfg.work_dir) / "separated"), **cfg.separate})
+    work = cfg.path(cfg.work_dir)
+    sep_cfg = from_dict(SeparateConfig, {"out_dir": str(work / "separated"), "cache_dir": str(work / "demucs_cache"),
+                                         **cfg.separate})
     print(f"[separate] {len(todo)} mixes with Demucs", flush=True)
     cat.start_stage(run_id, "separate")
     ds = ray.data.from_items(todo).map_batches(Separator, fn_constructor_args=(sep_cfg,), batch_size=1,
                                                compute=ray.data.ActorPoolStrategy(size=1), **ray_resources(sep_cfg))
     n_ok = n_bad = 0
     for batch in ds.iter_batches(batch_size=8, batch_format="numpy"):
-        stems, rejects = stem_rows_from_batch(batch)
+        stems, rejects = stem_rows_from_batch(batch, run_id)
         with cat.transaction():
             cat.upsert(stems)
             cat.upsert(rejects)
@@ -146,7 +148,8 @@ def filter_stems(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray) -> tuple
     print(f"[filter] {len(todo)} stems ({sum(s['duration_s'] for s in todo) / 3600:.2f} h)", flush=True)
     cat.start_stage(run_id, "filter")
     cols = ("stem_id", "source", "track", "stem", "path", "split", "tier")
-    ds = ray.data.from_items([{k: s[k] for k in cols} for s in todo])
+    ds = ray.data.from_items([{k: s[k] for k in cols} for s in todo],
+                             override_num_blocks=_n_blocks(len(todo), cfg.ray.filter_batch_size))
     ds = ds.map_batches(filter_batch, fn_kwargs={"config": cfg.filter}, batch_size=cfg.ray.filter_batch_size)
     n_exc = n_rej = 0
     for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
@@ -187,8 +190,12 @@ def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, todo: lis
     sink = ShardSink(cfg.path(cfg.shard_root), cfg.shard, register=cat.register_shard, ids=ids, run_id=run_id)
     if sink.remove_partial():
         print("[shard] removed partial shards left by an interrupted run", flush=True)
+    orphans = sink.remove_unregistered({r[0] for r in cat.execute("SELECT path FROM shards").rows})
+    if orphans:
+        print(f"[shard] removed {orphans} shard file(s) written but never registered (run killed in between)",
+              flush=True)
     cat.start_stage(run_id, "shard")
-    ds = ray.data.from_items(todo)
+    ds = ray.data.from_items(todo, override_num_blocks=_n_blocks(len(todo), cfg.ray.prompt_batch_size))
     ds = ds.map_batches(prompts_batch, fn_kwargs={"config": cfg.prompts}, batch_size=cfg.ray.prompt_batch_size)
     ds = ds.map_batches(Tokenizer, fn_constructor_args=(cfg.codec, cfg.shard.flac_splits),
                         batch_size=cfg.ray.tokenize_batch_size,
@@ -212,6 +219,12 @@ def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, todo: lis
     cat.finish_stage(run_id, "shard", n_in=len(todo), n_out=sum(r.n_samples for r in written),
                      n_rejected=len(rejects))
     return written, rejects
+
+
+def _n_blocks(n_items: int, batch_size: int) -> int:
+    """One input block per batch (capped): Ray Data runs a block per task and streams whole blocks, so a
+    single block would serialise the stage on one CPU and deliver every result at the very end."""
+    return max(1, min(1000, -(-n_items // batch_size)))
 
 
 def _plain(v: Any) -> Any:

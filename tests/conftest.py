@@ -10,6 +10,10 @@ import torch
 
 import tria  # noqa: F401  (torchaudio placeholder before any dac import)
 
+# One torch thread per test process: on a shared 2-core machine torch's default (one per core) made
+# small models several times slower through oversubscription (Ray workers and servers run beside).
+torch.set_num_threads(1)
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

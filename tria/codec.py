@@ -264,3 +264,48 @@ def _load_dac_file(path: Path) -> torch.nn.Module:
     if unexpected:
         log.warning("%s: ignoring %d unexpected tensors, e.g. %s", path, len(unexpected), unexpected[:3])
     return model
+
+
+_id_of_weights = codec_id  # `codec_from_id`'s argument below shadows the function's name
+
+
+def codec_from_id(codec_id: str, path: str | os.PathLike | None = None,
+                  device: str | torch.device = "cpu") -> Codec:
+    """Rebuild the codec that a checkpoint or shard names by its ``codec_id``.
+
+    * ``"dac-random-<size>-s<seed>"``: the seeded random init of that size (no file needed).
+    * ``"dac-44khz-8kbps-0.0.1"``: the official weights; from ``path`` when given (a local copy,
+      for machines without internet), else through DAC's download cache.
+    * ``"dac-file-<digest>"``: the weights file ``path``, whose digest must equal ``<digest>``, so a
+      model is never decoded with a codec other than the one its tokens came from.
+
+    Raises:
+        ValueError: unknown id form, a file id without ``path``, a ``path`` whose digest differs,
+            or a ``path`` given for a random-init codec (which uses no file).
+    """
+    cid = str(codec_id)
+    if cid.startswith("dac-random-"):
+        size, _, seed = cid[len("dac-random-"):].rpartition("-s")
+        if size not in DAC_KWARGS or not seed.isdigit():
+            sizes = "|".join(DAC_KWARGS)
+            raise ValueError(f"malformed codec id {cid!r}: expected 'dac-random-<{sizes}>-s<seed>'")
+        if path is not None:
+            raise ValueError(f"codec {cid} is a random init and uses no weights file, but {path} was given")
+        return Codec.load("random", size=size, device=device, seed=int(seed))
+    if cid == OFFICIAL_ID:
+        if path is None:
+            return Codec.load("official", device=device)
+        codec = Codec(_load_dac_file(Path(path)), OFFICIAL_ID, f"official DAC 44kHz 8kbps weights ({path})")
+        codec.model.to(device)
+        print(f"[tria.codec] using {codec.description} [codec_id={codec.config_id}]", flush=True)
+        return codec
+    if cid.startswith("dac-file-"):
+        if path is None:
+            raise ValueError(f"codec {cid} is a weights file: pass that file (--codec-weights PATH)")
+        have = _id_of_weights(path)
+        if have != cid:
+            raise ValueError(f"codec weights {path} have id {have}, but the checkpoint needs {cid}: "
+                             "a different codec than the one its tokens came from")
+        return Codec.load(path, device=device)
+    raise ValueError(f"unknown codec id {cid!r} (expected 'dac-random-<size>-s<seed>', {OFFICIAL_ID!r} "
+                     "or 'dac-file-<digest>')")

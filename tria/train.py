@@ -320,6 +320,9 @@ class Trainer:
         return path
 
     def _resume(self) -> None:
+        if self.is_main:  # temp files of saves that a kill interrupted (save_checkpoint renames whole files)
+            for stale in self.ckpt_dir.glob(".*.pt.*.tmp"):
+                stale.unlink(missing_ok=True)
         path = self.ckpt_dir / "latest.pt"
         if not path.exists():
             if self.is_main:
@@ -589,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_iters=100 data.batch_size=8")
     ap.add_argument("--resume", action="store_true", help="continue from <out_dir>/<name>/checkpoints/latest.pt")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # so that `CONFIG --resume key=value` works too
     try:
         cfg = load_train_config(args.config, args.overrides)
         cfg.model_config()
@@ -599,7 +602,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
-    trainer = Trainer(cfg, resume=args.resume)
+    try:
+        trainer = Trainer(cfg, resume=args.resume)
+    except CheckpointError as e:  # a corrupt or mismatched latest.pt: say so, not a traceback
+        print(f"checkpoint error: {e}", file=sys.stderr)
+        return 2
     status = "failed"
     try:
         last = trainer.train()

@@ -24,10 +24,12 @@ A minimal adapter::
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import re
 import shutil
+import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,8 @@ __all__ = [
     "StemRow",
     "TrackRow",
     "audio_info",
+    "display_name",
+    "entry_problem",
     "hash_split",
     "link_or_copy",
     "probe_stem",
@@ -236,8 +240,8 @@ class Source(ABC):
         assert loc is not None
         if loc.is_dir():
             return [
-                RawFileRow(source=self.name, name=p.relative_to(loc).as_posix(), path=str(p),
-                           size=p.stat().st_size)
+                RawFileRow(source=self.name, name=display_name(p.relative_to(loc).as_posix()),
+                           path=display_name(str(p)), size=p.stat().st_size)
                 for p in sorted(loc.rglob("*")) if p.is_file() and not p.name.startswith(".")
             ]
         if not loc.is_file():
@@ -348,10 +352,46 @@ def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
         ValueError: the file is not readable audio.
     """
     try:
-        info = sf.info(str(path))
+        # Bytes, not str: soundfile encodes a str path strictly, so a file name that is not valid
+        # UTF-8 (surrogate escapes) would raise UnicodeEncodeError instead of being read.
+        info = sf.info(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError) as err:
-        raise ValueError(f"not readable audio: {path}: {err}") from err
+        raise ValueError(f"not readable audio: {display_name(os.fspath(path))}: {err}") from err
     return int(info.samplerate), int(info.channels), int(info.frames)
+
+
+def display_name(text: str) -> str:
+    """`text` made encodable as UTF-8: undecodable file-name bytes (surrogate escapes) become `\\xNN`.
+
+    Linux file names are bytes; Python decodes the ones that are not UTF-8 (old Latin-1 zips) with
+    surrogate escapes, which DuckDB/Arrow and sha1 ids cannot store. The escaped form is stable,
+    readable and unique per name.
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def entry_problem(path: str | os.PathLike) -> tuple[str, str] | None:
+    """Why a folder entry named like audio cannot be read as a file, or None for a regular file.
+
+    Checked before any open: opening a FIFO blocks forever, and `Path.is_file()` silently hides
+    directories, dangling links and symlink loops, which would then vanish without a reject.
+
+    Returns:
+        `(reason, detail)` with reason "symlink_loop", "broken_link" or "not_a_file".
+    """
+    try:
+        mode = os.stat(path).st_mode  # follows links: a link to a regular file is fine
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symlink_loop", f"too many levels of symbolic links: {display_name(os.fspath(path))}"
+        if os.path.islink(path):
+            return "broken_link", f"link target {display_name(os.readlink(path))!r} does not exist"
+        return "not_a_file", f"cannot stat: {err.strerror}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("directory" if stat.S_ISDIR(mode) else "fifo" if stat.S_ISFIFO(mode) else "socket"
+            if stat.S_ISSOCK(mode) else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special")
+    return "not_a_file", f"a {kind}, not a regular file"
 
 
 def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> None:

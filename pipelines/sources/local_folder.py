@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -25,6 +26,8 @@ from pipelines.sources.base import (
     SourceInfo,
     TrackRow,
     audio_info,
+    display_name,
+    entry_problem,
     link_or_copy,
     probe_stem,
     stable_id,
@@ -86,22 +89,31 @@ class AudioFolderSource(Source):
 
     def consolidate(self, raw_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Consolidated:
         """Link each wanted file to `out_dir/<split>/<track>/<role><ext>`; unreadable or short
-        files become rejects."""
+        files, and entries named like audio that are not files (FIFOs, folders, broken links,
+        symlink loops), become rejects."""
         tracks, stems, rejects = [], [], []
         for root, archive_raw_id in self.raw_roots(raw_dir):
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                rel = path.relative_to(root).as_posix()
-                if not self.wanted(rel):
+            # Names that are not UTF-8 are kept, escaped (see `display_name`), not dropped.
+            entries = [(p, display_name(p.relative_to(root).as_posix())) for p in sorted(root.rglob("*"))]
+            entries = [(p, rel) for p, rel in entries if self.wanted(rel)]
+            stems_of = Counter(rel.rsplit(".", 1)[0] for _, rel in entries)
+            for path, rel in entries:
+                problem = entry_problem(path)
+                if problem is not None:
+                    rejects.append(RejectRow(what="raw_file", item=rel, stage="consolidate",
+                                             reason=problem[0], detail=problem[1], source=self.name))
                     continue
-                track = rel.rsplit(".", 1)[0]
+                # "kick.wav" beside "kick.flac": both are kept, as distinct tracks, instead of one stem
+                # id for the two files (the second would silently replace the first).
+                track = rel.rsplit(".", 1)[0] if stems_of[rel.rsplit(".", 1)[0]] == 1 else rel
                 raw_id = archive_raw_id or stable_id(self.name, rel)
                 split = self.split or self.split_of(track)
                 dest = stem_path(out_dir, split, track, self.role, path.suffix.lower())
                 try:
                     sample_rate, _, n_samples = audio_info(path)
                 except ValueError as err:
-                    rejects.append(RejectRow(what="raw_file", item=rel, stage="consolidate",
-                                             reason="unreadable", detail=str(err), source=self.name))
+                    rejects.append(RejectRow(what="raw_file", item=rel, stage="consolidate", reason="unreadable",
+                                             detail=display_name(str(err)), source=self.name))
                     continue
                 duration_s = n_samples / sample_rate
                 if duration_s < self.min_duration_s:

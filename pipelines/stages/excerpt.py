@@ -15,6 +15,7 @@ one-excerpt-per-draw search.
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ class FilterConfig:
     max_excerpts: int = 64  # per stem
     min_duration_s: float = 1.0  # shorter stems are rejected as too_short
     min_sample_rate: int = 16_000  # lower rates cannot carry the codec's band
+    max_sample_rate: int = 768_000  # higher rates are corrupt headers (a 10 MHz "wav"), not audio
     max_duration_s: float = 4 * 3600.0  # longer files are rejected as too_long (corrupt headers)
     clip_fraction: float = 0.01  # reject an excerpt window with more samples at full scale than this
     silence_db: float = -60.0  # a stem whose loudest window is below this is "silent"
@@ -45,6 +47,41 @@ class FilterConfig:
 def rms_db(x: np.ndarray) -> float:
     """RMS level in dBFS of a (C, N) or (N,) window, pooled over channels (the authors' salience)."""
     return float(20 * np.log10(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-12)))
+
+
+def wav_truncation(path: str) -> str:
+    """Why a RIFF/WAVE file is cut short ("" when it is whole).
+
+    libsndfile silently clamps a ``data`` chunk that claims more bytes than the file holds, so a
+    truncated download reads as a shorter, valid file; the header's own size is the only evidence.
+    The streaming placeholders 0 and 0xFFFFFFFF (writers that cannot seek back) are not truncation.
+    """
+    try:
+        return _wav_truncation(path)
+    except OSError:  # vanished or unreadable now: the reads that follow report it
+        return ""
+
+
+def _wav_truncation(path: str) -> str:
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return ""
+        offset = 12
+        for _ in range(64):  # a handful of chunks precede "data" in any real file
+            fh.seek(offset)
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return ""
+            declared = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                have = size - offset - 8
+                if declared not in (0, 0xFFFFFFFF) and declared > have:
+                    return f"data chunk declares {declared} bytes, the file holds {have}"
+                return ""
+            offset += 8 + declared + (declared & 1)
+    return ""
 
 
 def _read(f: sf.SoundFile, start: int, frames: int) -> np.ndarray:
@@ -69,8 +106,15 @@ def choose_excerpts(path: str, stem_id: str, config: FilterConfig) -> tuple[list
         return [], "unreadable", f"{type(e).__name__}: {e}"[:500]
     with f:
         sr, n = f.samplerate, f.frames
+        cut = wav_truncation(path) if f.format == "WAV" else ""
+        if cut:
+            return [], "truncated", cut
         if sr < config.min_sample_rate:
             return [], "sample_rate_too_low", f"{sr} Hz < {config.min_sample_rate} Hz"
+        if sr > config.max_sample_rate:
+            return [], "sample_rate_too_high", f"{sr} Hz > {config.max_sample_rate} Hz"
+        if n == 0:
+            return [], "empty", "the file holds no audio frames"
         if n < config.min_duration_s * sr:
             return [], "too_short", f"{n / sr:.3f} s < {config.min_duration_s} s"
         if n > config.max_duration_s * sr:
@@ -87,6 +131,10 @@ def choose_excerpts(path: str, stem_id: str, config: FilterConfig) -> tuple[list
                 for _ in range(config.num_tries):
                     start = lo + (int(rng.uniform(0, hi - lo - win)) if hi - lo > win else 0)
                     x = _read(f, start, win)
+                    want = min(win, n - start)
+                    if want - x.shape[1] > max(2304, 0.01 * want):  # 2304: two MP3 frames of seek slack
+                        return [], "truncated", (f"header promises {n} frames, reading at {start} "
+                                                 f"gave {x.shape[1]} of {want}")
                     if not np.isfinite(x).all():
                         return [], "non_finite", f"NaN/Inf samples near {start / sr:.2f} s"
                     level = rms_db(x)
@@ -122,7 +170,10 @@ def filter_batch(batch: dict[str, np.ndarray], config: FilterConfig) -> dict[str
         "offset_s", "duration_s", "loudness_db", "salience", "reason", "detail")}
     for i in range(len(batch["stem_id"])):
         meta = {k: str(batch[k][i]) for k in ("stem_id", "source", "track", "stem", "path", "split", "tier")}
-        excerpts, reason, detail = choose_excerpts(meta["path"], meta["stem_id"], config)
+        try:
+            excerpts, reason, detail = choose_excerpts(meta["path"], meta["stem_id"], config)
+        except Exception as e:  # one strange file must become a reject, not a failed task that aborts the run
+            excerpts, reason, detail = [], "filter_error", f"{type(e).__name__}: {e}"[:500]
         rows = [dict(kind="excerpt", reason="", detail="", **e) for e in excerpts] or [
             dict(kind="reject", reason=reason, detail=detail, offset_s=0.0, duration_s=0.0,
                  loudness_db=float("nan"), salience=0.0)]

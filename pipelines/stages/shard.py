@@ -52,15 +52,22 @@ def write_tar(path: Path, samples: list[dict[str, Any]]) -> tuple[int, str]:
     """Write ``samples`` to ``path`` atomically; returns ``(n_bytes, sha256)``."""
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for sample in samples:
-                for name, data in sample_members(sample):
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mtime, info.mode = len(data), 0, 0o644  # mtime 0: same bytes on re-run
-                    tar.addfile(info, io.BytesIO(data))
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                for sample in samples:
+                    for name, data in sample_members(sample):
+                        info = tarfile.TarInfo(name)
+                        info.size, info.mtime, info.mode = len(data), 0, 0o644  # mtime 0: same bytes again
+                        tar.addfile(info, io.BytesIO(data))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        # A full disk (ENOSPC) or a lost mount: drop the partial file now, so the space comes back, and
+        # name the shard in the error (the bare OSError says only "No space left on device").
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"cannot write shard {path} ({len(samples)} samples): {e.strerror or e}") \
+            from e
     digest = hashlib.sha256()
     with open(tmp, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -97,6 +104,21 @@ class ShardSink:
         for tmp in self.root.rglob("*.tar.tmp") if self.root.exists() else []:
             tmp.unlink()
             n += 1
+        return n
+
+    def remove_unregistered(self, registered: set[str]) -> int:
+        """Delete shard files that no catalogue row records; returns how many.
+
+        A driver killed between the rename and the catalogue insert leaves a whole shard that the
+        catalogue does not know. Its excerpts are still pending, so the next run writes them again;
+        the orphan would then be a second copy of those samples for anyone who lists the folder.
+        """
+        known = {os.path.realpath(p) for p in registered}
+        n = 0
+        for path in self.root.rglob("shard-*.tar") if self.root.exists() else []:
+            if SHARD_RE.search(path.name) and os.path.realpath(path) not in known:
+                path.unlink()
+                n += 1
         return n
 
     def _next_index(self, split: str, tier: str) -> int:

@@ -1,0 +1,174 @@
+"""Does reading shards stall the trainer? Step time with batches streamed from shards vs held in memory.
+
+The trainer is the real one: ``tria.train.Trainer`` built from a training config over a fixture
+catalogue (``tests/shard_fixtures.make_corpus``, T=516 frames, K=4 feature variants, 64 samples per
+shard), and each step is ``Trainer.train_step`` (masks, forward, loss, backward, clip, AdamW,
+scheduler; fp16 autocast + GradScaler on CUDA, as configured). One pass = one epoch:
+
+* streamed: ``for batch in trainer.state.train_loader`` (ShardLoader, ``data.num_workers``
+  workers; 0 by default, so reading happens on the training thread and nothing hides it),
+* in memory: the same batches, collected beforehand into a list.
+
+Both passes start at step 0 of epoch 0, so they draw the same masks and do the same work. Passes
+alternate (streamed, memory, memory, streamed, ...) so that load on a shared machine hits both.
+Target: streamed / in memory <= 1.05 over whole epochs. "steady" compares the median step after the
+first of each epoch (the first waits for worker start-up and the first shuffle window): what long
+epochs converge to when workers overlap reading with the steps; with 0 workers every window's
+decode lands on some later step, so steady understates their cost. The "reader only" column is
+one epoch read with no training, per step; 1 + reader/step is the ratio to expect when nothing
+overlaps. "wait-based" is 1 + (time blocked in the loader per step) / (in-memory step): the part of
+the measured ratio that reading explains. On a shared CPU the measured ratio also carries the
+step-to-step jitter of the machine (a few %); where it and the wait-based ratio disagree, the
+difference is that jitter, not reading.
+
+    python -m benchmarks.stall                     # CPU: tiny B=8 x 6 steps, small B=2 x 1 step
+    python -m benchmarks.stall --size tiny --quick
+    python -m benchmarks.stall --device cuda       # B=24 (the authors' batch)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import _common as C
+
+C.use_test_helpers()
+from shard_fixtures import make_corpus, train_yaml  # noqa: E402
+from tria.train import Trainer, load_train_config  # noqa: E402
+
+T = 516
+TARGET = 1.05
+SIZES = ("tiny", "small")
+DEFAULTS = {  # (batch, steps per pass) per size
+    # A CPU step takes seconds (tria_small B=2: 5-15 s here): few steps; reading is tiny beside them.
+    "cpu": {"tiny": (8, 6), "small": (2, 1)},
+    "cuda": {"tiny": (24, 30), "small": (24, 15)},
+}
+
+
+def build_trainer(root: Path, size: str, batch: int, steps: int, device: str, workers: int,
+                  shuffle_buffer: int) -> Trainer:
+    """A Trainer over a fresh fixture catalogue holding exactly ``steps`` batches of train samples."""
+    make_corpus(root, n={("train", "isolated"): steps * batch}, T=T, K=4, per_shard=64)
+    path = train_yaml(root, name=f"stall-{size}", model={"size": size}, device=device, num_iters=10**9,
+                      data={"batch_size": batch, "val_batches": 0, "num_workers": workers,
+                            "shuffle_buffer": shuffle_buffer})
+    with contextlib.redirect_stdout(io.StringIO()):  # the trainer's start-up lines
+        return Trainer(load_train_config(str(path), []))
+
+
+def streamed_pass(trainer: Trainer) -> tuple[list[float], float]:
+    """One epoch straight from the loader: (seconds per step, waiting included; seconds waiting)."""
+    s = trainer.state
+    s.train_data.set_epoch(0)
+    s.step, wait, steps = 0, 0.0, []
+    batches = iter(s.train_loader)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            break
+        wait += time.perf_counter() - t0
+        trainer.train_step(batch)  # ends with .item(): the step is complete when it returns
+        s.step += 1
+        steps.append(time.perf_counter() - t0)
+    return steps, wait
+
+
+def memory_pass(trainer: Trainer, batches: list[dict]) -> list[float]:
+    s = trainer.state
+    s.step, steps = 0, []
+    for batch in batches:
+        t0 = time.perf_counter()
+        trainer.train_step(batch)
+        s.step += 1
+        steps.append(time.perf_counter() - t0)
+    return steps
+
+
+def reader_epoch(trainer: Trainer) -> list[dict]:
+    trainer.state.train_data.set_epoch(0)
+    return list(trainer.state.train_loader)
+
+
+def run_size(size: str, batch: int, steps: int, rounds: int, args) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"tria-bench-stall-{size}-") as tmp:
+        trainer = build_trainer(Path(tmp), size, batch, steps, args.device, args.workers, args.shuffle_buffer)
+        batches = reader_epoch(trainer)  # also warms the page cache
+        assert len(batches) == steps and batches[0]["tokens"].shape == (batch, 9, T)
+        reader_s = min(C.measure(lambda: reader_epoch(trainer), warmup=0, repeats=2).times)
+        trainer.train_step(batches[0])  # warm-up: the first step allocates optimizer state and buffers
+        stream, memory, wait = [], [], []  # per-step seconds of every pass; seconds waiting per pass
+        for r in range(rounds):
+            for mode in (("stream", "memory") if r % 2 == 0 else ("memory", "stream")):  # ABBA
+                if mode == "stream":
+                    times, w = streamed_pass(trainer)
+                    assert len(times) == steps
+                    stream.append(times)
+                    wait.append(w)
+                else:
+                    memory.append(memory_pass(trainer, batches))
+        profile = C.profile_summary(lambda: streamed_pass(trainer), top=12) if args.profile else ""
+        trainer.logger.close()
+    stream_step = sum(map(sum, stream)) / (rounds * steps)
+    memory_step = sum(map(sum, memory)) / (rounds * steps)
+
+    def later(passes: list[list[float]]) -> float:
+        """Median step after the first of each epoch (which waits for worker start-up and the first
+        shuffle window): what a long epoch converges to when workers overlap reading with steps."""
+        return statistics.median([t for p in passes for t in p[1:]] or [t for p in passes for t in p])
+
+    return {"size": size, "batch": batch, "steps": steps, "stream": stream_step, "memory": memory_step,
+            "wait": sum(wait) / (rounds * steps), "reader": reader_s / steps,
+            "ratio": stream_step / memory_step, "steady": later(stream) / later(memory), "profile": profile}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = C.parser(__doc__, SIZES)
+    ap.add_argument("--batch", type=int, default=None, help="default per size: see DEFAULTS")
+    ap.add_argument("--steps", type=int, default=None, help="steps per pass (one epoch)")
+    ap.add_argument("--rounds", type=int, default=2, help="streamed+memory pass pairs")
+    ap.add_argument("--workers", type=int, default=0, help="data.num_workers of the trainer")
+    ap.add_argument("--shuffle-buffer", type=int, default=2048,
+                    help="data.shuffle_buffer (default: the trainer's)")
+    args = ap.parse_args(argv)
+    C.setup(args)
+    sizes = C.sizes_of(args, SIZES)
+    defaults = DEFAULTS["cuda" if args.device.startswith("cuda") else "cpu"]
+    if args.quick:
+        sizes = sizes[:1]
+    print(f"stall benchmark: Trainer.train_step, T={T}, device {args.device}, "
+          f"data.num_workers={args.workers}, {args.rounds} rounds of (streamed, in-memory) epochs")
+    print(C.hardware_line(args.device))
+    results = []
+    for size in sizes:
+        batch, steps = defaults[size]
+        batch, steps = args.batch or batch, args.steps or (min(steps, 8) if args.quick else steps)
+        results.append(run_size(size, batch, steps, args.rounds, args))
+    rows = [[r["size"], r["batch"], r["steps"], 1000 * r["memory"], 1000 * r["stream"], 1000 * r["wait"],
+             1000 * r["reader"], f"{1 + r['reader'] / r['memory']:.3f}", f"{1 + r['wait'] / r['memory']:.3f}",
+             f"{r['steady']:.3f}", f"{r['ratio']:.3f}", "ok" if r["ratio"] <= TARGET else "MISS"]
+            for r in results]
+    print(C.table(["model", "B", "steps", "in-memory ms/step", "streamed ms/step", "of which wait ms",
+                   "reader only ms/step", "expected", "wait-based", "steady", "streamed/in-memory",
+                   f"<= {TARGET}"], rows))
+    for r in results:
+        if r["profile"]:
+            print(f"\ncProfile of one streamed epoch ({r['size']}):\n{r['profile']}")
+    ratios = ", ".join(f"{r['size']} {r['ratio']:.3f} (B={r['batch']})" for r in results)
+    steady = ", ".join(f"{r['size']} {r['steady']:.3f}" for r in results)
+    expected = ", ".join(f"{r['size']} {1 + r['reader'] / r['memory']:.3f}" for r in results)
+    waited = ", ".join(f"{r['size']} {1 + r['wait'] / r['memory']:.3f}" for r in results)
+    C.summary("stall", [f"streamed/in-memory step time = {ratios} (target <= {TARGET}, {args.device}, "
+                        f"{args.workers} workers)",
+                        f"wait-based (1 + wait/in-memory step) {waited}",
+                        f"steady state (steps after the first of an epoch) {steady}",
+                        f"expected from reader-only time {expected}"])
+
+if __name__ == "__main__":
+    main()

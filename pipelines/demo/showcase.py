@@ -1,0 +1,159 @@
+"""The demo's last step: drums for two rhythm gestures with two kits, plus a picture of the features.
+
+    python -m pipelines.demo.showcase --checkpoint runs/demo/demo/checkpoints/latest.pt \\
+        --corpus data/demo/raw/hydrogen --catalogue data/demo/catalogue.duckdb --out demo_out
+
+Timbre prompts are loops of two different kits from the catalogue's held-out splits (val, then test,
+then train); rhythm prompts are the corpus' gestures (clicks, claps, mouth-like bursts, knocks). A
+second run with the same checkpoint reuses the wavs it finds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import tria  # noqa: F401
+from tria.audio import load_audio, save_audio
+from tria.checkpoint import build_model_from_checkpoint, load_checkpoint
+from tria.features import RhythmFeatureConfig, rhythm_features
+
+SR = 44_100
+
+
+def is_trained(ckpt: Path, config: Path) -> bool:
+    """True when ``ckpt`` exists and reached the config's ``num_iters``."""
+    from tria.train import load_train_config
+
+    if not ckpt.is_file():
+        return False
+    target = load_train_config(str(config), []).num_iters
+    try:
+        step = int(load_checkpoint(ckpt)["train_state"]["step"])
+    except Exception:
+        return False
+    return step >= target
+
+
+def pick_timbres(catalogue: Path, n: int = 2) -> list[dict]:
+    """Loops of ``n`` different kits, preferring held-out splits."""
+    from pipelines.catalogue import Catalogue
+
+    with Catalogue(catalogue, read_only=True) as cat:
+        rows = cat.execute(
+            "SELECT s.path, s.split, t.title, t.meta_json FROM stems s JOIN tracks t ON t.track_id = s.track_id "
+            "WHERE s.source = 'hydrogen' AND s.role = 'drums' "
+            "ORDER BY CASE s.split WHEN 'val' THEN 0 WHEN 'test' THEN 1 ELSE 2 END, s.path").dicts()
+    chosen, kits = [], set()
+    for r in rows:
+        kit = json.loads(r["meta_json"] or "{}").get("kit") or Path(r["path"]).parent.parent.name
+        if kit not in kits:
+            kits.add(kit)
+            chosen.append({"path": r["path"], "kit": kit, "split": r["split"]})
+        if len(chosen) == n:
+            break
+    if len(chosen) < n:
+        raise SystemExit(f"the catalogue {catalogue} has fewer than {n} Hydrogen kits; run the demo pipeline first")
+    return chosen
+
+
+def pick_gestures(corpus: Path, n: int = 2) -> list[Path]:
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    gestures = [corpus / item["path"] for item in manifest["items"] if item.get("kind") == "gesture"]
+    styles, out = set(), []
+    for g in gestures:  # different styles first (e.g. beatbox, tapping)
+        style = g.stem.split("_")[1] if "_" in g.stem else g.stem
+        if style not in styles:
+            styles.add(style)
+            out.append(g)
+    out += [g for g in gestures if g not in out]
+    if len(out) < n:
+        raise SystemExit(f"{corpus} has fewer than {n} gestures")
+    return out[:n]
+
+
+def plot(rows: list[tuple[str, np.ndarray, np.ndarray]], path: Path, hop_s: float) -> Path:
+    """One row per generation: rhythm features of the prompt (top) and of the result (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 2, figsize=(12, 2.2 * len(rows)), squeeze=False)
+    for i, (title, prompt, result) in enumerate(rows):
+        for j, (name, f) in enumerate((("rhythm prompt", prompt), ("generated drums", result))):
+            ax = axes[i, j]
+            ax.imshow(f, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=1,
+                      extent=(0, f.shape[1] * hop_s, -0.5, f.shape[0] - 0.5))
+            ax.set_title(f"{title}: {name}", fontsize=9)
+            ax.set_yticks(range(f.shape[0]), [f"band {b}" for b in range(f.shape[0])], fontsize=7)
+            ax.set_xlabel("s", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.demo.showcase", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check-trained", nargs=2, metavar=("CKPT", "CONFIG"),
+                    help="exit 0 if CKPT reached CONFIG's num_iters, else 1")
+    ap.add_argument("--checkpoint", type=Path)
+    ap.add_argument("--corpus", type=Path, help="the rendered Hydrogen corpus (with manifest.json)")
+    ap.add_argument("--catalogue", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("demo_out"))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.check_trained:
+        return 0 if is_trained(Path(args.check_trained[0]), Path(args.check_trained[1])) else 1
+    if not (args.checkpoint and args.corpus and args.catalogue):
+        ap.error("--checkpoint, --corpus and --catalogue are required")
+
+    from tria.codec import codec_from_id
+    from tria.generate import generate_drums
+    from tria.sampling import SamplerConfig
+
+    ckpt = load_checkpoint(args.checkpoint)
+    stamp = hashlib.sha1(args.checkpoint.read_bytes()).hexdigest()[:12]
+    done = args.out / ".checkpoint"
+    timbres, gestures = pick_timbres(args.catalogue), pick_gestures(args.corpus)
+    names = [f"{g.stem}__{t['kit'].replace(' ', '_')}" for g in gestures for t in timbres]
+    if done.exists() and done.read_text() == stamp and all((args.out / f"{n}.wav").exists() for n in names):
+        print(f"reusing the generated drums in {args.out} (same checkpoint)")
+        return 0
+
+    model = build_model_from_checkpoint(ckpt)
+    codec = codec_from_id(ckpt["codec_id"])
+    features = RhythmFeatureConfig.from_dict(ckpt["features"])
+    sampler = SamplerConfig.app()
+    rows = []
+    for g in gestures:
+        rhythm, _ = load_audio(g, sample_rate=SR)
+        save_audio(args.out / "prompts" / f"{g.stem}.wav", rhythm, SR)
+        for t in timbres:
+            timbre, _ = load_audio(t["path"], sample_rate=SR)
+            save_audio(args.out / "prompts" / f"kit_{t['kit'].replace(' ', '_')}.wav", timbre[:, : 2 * SR], SR)
+            audio, _ = generate_drums(rhythm, SR, timbre, SR, model, codec, features, sampler, seed=args.seed)
+            name = f"{g.stem}__{t['kit'].replace(' ', '_')}"
+            path = save_audio(args.out / f"{name}.wav", audio[0], SR)
+            n = min(rhythm.shape[-1], audio.shape[-1])
+            f_prompt = rhythm_features(torch.from_numpy(rhythm[None, :, :n]), SR, features)[0].numpy()
+            f_result = rhythm_features(torch.from_numpy(audio[None, :1, :n]), SR, features)[0].numpy()
+            rows.append((f"{g.stem} x {t['kit']}", f_prompt, f_result))
+            print(f"  {path}  ({audio.shape[-1] / SR:.1f} s; rhythm {g.name}, kit {t['kit']})")
+    png = plot(rows, args.out / "rhythm_features.png", features.hop_length / features.sample_rate)
+    print(f"  {png}")
+    done.write_text(stamp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
