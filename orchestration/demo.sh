@@ -40,10 +40,11 @@ bash orchestration/mlflow_server.sh start --port "$MLFLOW_PORT" >/dev/null
 echo "Ray dashboard: $RAY_URL    MLflow UI: $MLFLOW_URL"
 
 step "pipeline: ray job submit ... python -m pipelines.run conf/pipeline/demo.yaml"
-ray job submit --address "$RAY_URL" --working-dir . -- \
+if ! ray job submit --address "$RAY_URL" --working-dir . -- \
     python -m pipelines.run conf/pipeline/demo.yaml "root=$REPO" 2>&1 \
-    | grep -v -E "INFO (logging_progress|streaming_executor|dataset|util)\.py|Tasks: |Total Progress|Active & requested|^\s*$|=====|MapBatches\(|^Running Dataset" \
-    | grep -v "^[0-9-]* [0-9:,]*\s*INFO" || { echo "pipeline job failed (see: ray job logs --address $RAY_URL <job id>)"; exit 1; }
+    | grep --line-buffered -v -E "Tasks: |Active & requested|^\s*$|=====|^ *$|working_dir\.py|core_worker\.cc|Execution plan|Full logs are in|Starting execution|will be logged|MapBatches\([a-z_]*\): [0-9]|^[0-9-]+ [0-9:,]+\s+INFO logging_progress\.py:[0-9]+ -- $"; then
+    echo "the pipeline job failed: ray job list --address $RAY_URL"; exit 1
+fi
 
 step "catalogue: hours of drums by source, split and tier (sql/queries/hours_by_source.sql)"
 "$PY" -m pipelines.catalogue hours_by_source --db "$CATALOGUE"

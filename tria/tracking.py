@@ -29,7 +29,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TextIO, runtime_checkable
+from typing import Sequence, Any, Protocol, TextIO, runtime_checkable
 
 import yaml
 
@@ -135,10 +135,15 @@ class StdoutLogger:
     Args:
         stream: Where to write; default ``sys.stdout`` (looked up at each call, so pytest's capture works).
         precision: Significant digits of the values.
+        keys: Only these metric names are printed (all when None); a console line stays readable while
+            MLflow and the JSONL file get every metric.
+        show_config: Print the whole config on ``log_config`` (else only that a config was logged).
     """
 
-    def __init__(self, stream: TextIO | None = None, precision: int = 5) -> None:
+    def __init__(self, stream: TextIO | None = None, precision: int = 5, keys: Sequence[str] | None = None,
+                 show_config: bool = True) -> None:
         self._stream, self._precision = stream, precision
+        self._keys, self._show_config = (set(keys) if keys is not None else None), show_config
 
     def _write(self, text: str) -> None:
         stream = self._stream or sys.stdout
@@ -149,10 +154,14 @@ class StdoutLogger:
         self.log_dict({name: value}, step)
 
     def log_dict(self, metrics: Mapping[str, float], step: int) -> None:
-        parts = [f"{k} {_scalar(v):.{self._precision}g}" for k, v in metrics.items()]
-        self._write(" | ".join([f"step {step}", *parts]))
+        parts = [f"{k} {_scalar(v):.{self._precision}g}" for k, v in metrics.items()
+                 if self._keys is None or k in self._keys]
+        if parts:
+            self._write(" | ".join([f"step {step}", *parts]))
 
     def log_config(self, config: Mapping[str, Any]) -> None:
+        if not self._show_config:
+            return
         plain = json.loads(json.dumps(_as_dict(config), default=str))
         self._write("config:\n" + yaml.safe_dump(plain, sort_keys=False).rstrip())
 

@@ -59,6 +59,9 @@ SIZES = {  # named model sizes (SPEC 3.1); `model.overrides` changes any field
 }
 
 
+CONSOLE_METRICS = ("train/loss", "val/loss", "train/lr", "mask/rate", "data/examples_per_s", "data/wait_fraction")
+
+
 @dataclass(frozen=True)
 class ModelSection:
     size: str = "small"
@@ -274,7 +277,8 @@ class Trainer:
         if not self.is_main:
             return NullLogger()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        loggers = [JsonlLogger(self.run_dir / "metrics.jsonl"), StdoutLogger()]
+        console = StdoutLogger(keys=CONSOLE_METRICS, show_config=False)  # everything else: MLflow + metrics.jsonl
+        loggers = [JsonlLogger(self.run_dir / "metrics.jsonl"), console]
         m = self.cfg.mlflow
         if m.tracking_uri:
             ml = MLflowLogger(m.tracking_uri, m.experiment, run_name=m.run_name or self.cfg.name,
@@ -286,6 +290,8 @@ class Trainer:
         resolved = to_dict(self.cfg)
         logger.log_config(resolved)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        print(f"[train] resolved config: {self.run_dir / 'config.yaml'}; every metric: {self.run_dir / 'metrics.jsonl'}",
+              flush=True)
         (self.run_dir / "shards.json").write_text(json.dumps(self.selection, indent=1))
         logger.log_artifact(self.run_dir / "shards.json")
         self._record_in_catalogue()
