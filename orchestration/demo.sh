@@ -42,7 +42,7 @@ echo "Ray dashboard: $RAY_URL    MLflow UI: $MLFLOW_URL"
 step "pipeline: ray job submit ... python -m pipelines.run conf/pipeline/demo.yaml"
 if ! ray job submit --address "$RAY_URL" --working-dir . -- \
     python -m pipelines.run conf/pipeline/demo.yaml "root=$REPO" 2>&1 \
-    | grep --line-buffered -v -E "Tasks: |Active & requested|^\s*$|=====|^ *$|working_dir\.py|core_worker\.cc|Execution plan|Full logs are in|Starting execution|will be logged|MapBatches\([a-z_]*\): [0-9]|^[0-9-]+ [0-9:,]+\s+INFO logging_progress\.py:[0-9]+ -- $"; then
+    | grep --line-buffered -v -E "Tasks: |Active & requested|^\s*$|=====|^ *$|INFO (cli|packaging|dashboard_sdk|job_manager)\.py|working_dir\.py|core_worker\.cc|Execution plan|Full logs are in|Starting execution|will be logged|MapBatches\([a-z_]*\): [0-9]|^[0-9-]+ [0-9:,]+\s+INFO logging_progress\.py:[0-9]+ -- $"; then
     echo "the pipeline job failed: ray job list --address $RAY_URL"; exit 1
 fi
 

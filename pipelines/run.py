@@ -51,6 +51,10 @@ class RayConfig:
     prompt_batch_size: int = 4
     tokenize_batch_size: int = 8
     filter_batch_size: int = 4
+    # Memory reserved per prompts task (augmentation + features of a batch). Beyond scheduling, a request
+    # that differs from the tokenizer's keeps this stage its own task operator: Ray Data otherwise fuses it
+    # into the tokenizer actor, and augmentation would run in that one actor instead of on every CPU.
+    prompt_task_memory_mb: int = 512
 
 
 @dataclass(frozen=True)
@@ -126,16 +130,10 @@ def separate_mixes(cfg: PipelineConfig, cat: Catalogue, run_id: str) -> None:
                                          **cfg.separate})
     print(f"[separate] {len(todo)} mixes with Demucs", flush=True)
     cat.start_stage(run_id, "separate")
-    ds = ray.data.from_items(todo).map_batches(Separator, fn_constructor_args=(sep_cfg,), batch_size=1,
-                                               compute=ray.data.ActorPoolStrategy(size=1), **ray_resources(sep_cfg))
-    n_ok = n_bad = 0
-    for batch in ds.iter_batches(batch_size=8, batch_format="numpy"):
-        stems, rejects = stem_rows_from_batch(batch, run_id)
-        with cat.transaction():
-            cat.upsert(stems)
-            cat.upsert(rejects)
-        n_ok, n_bad = n_ok + len(stems), n_bad + len(rejects)
-    cat.finish_stage(run_id, "separate", n_in=len(todo), n_out=n_ok, n_rejected=n_bad)
+    ds = ray.data.from_items(todo, override_num_blocks=_n_blocks(len(todo), 1))
+    ds = ds.map_batches(Separator, fn_constructor_args=(sep_cfg,), batch_size=1,
+                        compute=ray.data.ActorPoolStrategy(size=1), **ray_resources(sep_cfg))
+    record_rows(cat, ds, stem_rows_from_batch, run_id, "separate", len(todo))
 
 
 def filter_stems(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray) -> tuple[int, int]:
@@ -151,15 +149,24 @@ def filter_stems(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray) -> tuple
     ds = ray.data.from_items([{k: s[k] for k in cols} for s in todo],
                              override_num_blocks=_n_blocks(len(todo), cfg.ray.filter_batch_size))
     ds = ds.map_batches(filter_batch, fn_kwargs={"config": cfg.filter}, batch_size=cfg.ray.filter_batch_size)
-    n_exc = n_rej = 0
+    return record_rows(cat, ds, rows_from_batch, run_id, "filter", len(todo))
+
+
+def record_rows(cat: Catalogue, ds, to_rows, run_id: str, stage: str, n_in: int) -> tuple[int, int]:
+    """Drain a stage's dataset into the catalogue (the driver is its single writer).
+
+    ``to_rows(batch, run_id)`` turns a result batch into ``(rows, rejects)``; each batch is one transaction,
+    so an interrupted run keeps what it finished. Returns ``(n_rows, n_rejects)``.
+    """
+    n_ok = n_bad = 0
     for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
-        excerpts, rejects = rows_from_batch(batch, run_id)
+        rows, rejects = to_rows(batch, run_id)
         with cat.transaction():
-            cat.upsert(excerpts)
+            cat.upsert(rows)
             cat.upsert(rejects)
-        n_exc, n_rej = n_exc + len(excerpts), n_rej + len(rejects)
-    cat.finish_stage(run_id, "filter", n_in=len(todo), n_out=n_exc, n_rejected=n_rej)
-    return n_exc, n_rej
+        n_ok, n_bad = n_ok + len(rows), n_bad + len(rejects)
+    cat.finish_stage(run_id, stage, n_in=n_in, n_out=n_ok, n_rejected=n_bad)
+    return n_ok, n_bad
 
 
 def config_ids(cfg: PipelineConfig) -> dict[str, str]:
@@ -196,7 +203,8 @@ def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, todo: lis
               flush=True)
     cat.start_stage(run_id, "shard")
     ds = ray.data.from_items(todo, override_num_blocks=_n_blocks(len(todo), cfg.ray.prompt_batch_size))
-    ds = ds.map_batches(prompts_batch, fn_kwargs={"config": cfg.prompts}, batch_size=cfg.ray.prompt_batch_size)
+    ds = ds.map_batches(prompts_batch, fn_kwargs={"config": cfg.prompts}, batch_size=cfg.ray.prompt_batch_size,
+                        memory=cfg.ray.prompt_task_memory_mb * 2**20)
     ds = ds.map_batches(Tokenizer, fn_constructor_args=(cfg.codec, cfg.shard.flac_splits),
                         batch_size=cfg.ray.tokenize_batch_size,
                         compute=ray.data.ActorPoolStrategy(size=cfg.ray.tokenize_actors))

@@ -217,9 +217,11 @@ class CodecConfig:
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else unchanged."""
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; a CUDA device without CUDA is a clear error."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA device")
     return device
 
 

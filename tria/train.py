@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tria  # noqa: F401  (torchaudio placeholder)
 from tria.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from tria.codec import CodecConfig
+from tria.codec import CodecConfig, resolve_device
 from tria.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from tria.curriculum import CurriculumConfig, allowed_codebooks, codebook_weights
 from tria.data import ReaderConfig, ShardDataset, ShardLoader, ShardSpec
@@ -232,7 +232,7 @@ class State:
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         self.cfg = cfg
-        self.device = _device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self.dist = init_distributed(self.device)
         if self.dist.enabled and self.device.startswith("cuda"):
             self.device = f"cuda:{self.dist.local_rank}"
@@ -553,12 +553,6 @@ def _codebook_metrics(prefix: str, loss_sum: torch.Tensor, count: torch.Tensor, 
         out[f"{prefix}/acc_cb{k}"] = (correct[k] / count[k]).item()
         out[f"{prefix}/frac_cb{k}"] = (count[k] / count.sum()).item()
     return out
-
-
-def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _np_state() -> dict:

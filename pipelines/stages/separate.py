@@ -45,6 +45,7 @@ from pipelines import fs
 from pipelines.rows import RejectRow, StemRow, stable_id
 from pipelines.sources.base import stem_path
 from tria.audio import AudioError, check_audio, resample
+from tria.codec import resolve_device
 
 STAGE = "separate"
 OUT_SAMPLE_RATE = 44_100  # the codec's rate (SPEC): every stem downstream is read at 44.1 kHz
@@ -191,14 +192,6 @@ def max_segment_s(model: torch.nn.Module) -> float:
     if hasattr(model, "max_allowed_segment"):  # a BagOfModels
         return float(model.max_allowed_segment)
     return float(model.segment) if isinstance(model, HTDemucs) else float("inf")
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"SeparateConfig.device={device!r} but torch sees no CUDA device")
-    return device
 
 
 def ray_resources(config: SeparateConfig) -> dict[str, float]:
