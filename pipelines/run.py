@@ -46,7 +46,9 @@ from tria.config import ConfigError, from_dict, load_yaml, apply_overrides, to_d
 
 @dataclass(frozen=True)
 class RayConfig:
-    address: str | None = None  # None: the job's cluster under `ray job submit`, else a local one
+    # None: the cluster of `ray job submit`, else a running local head, else a new local Ray;
+    # "local": always a private new one; "HOST:PORT" or "ray://...": that cluster.
+    address: str | None = None
     tokenize_actors: int = 1  # codec actors (one codec each)
     prompt_batch_size: int = 4
     tokenize_batch_size: int = 8
