@@ -36,6 +36,7 @@ from benchmarks import _common as C
 C.use_test_helpers()
 from pipeline_fixtures import render_loop  # noqa: E402
 from pipelines.rows import stable_id  # noqa: E402
+from pipelines.stages.excerpt import rms_db  # noqa: E402  (the filter stage's salience level)
 from pipelines.stages.shard import ShardConfig, ShardSink  # noqa: E402
 from tria.codec import Codec  # noqa: E402
 from tria.data import ReaderConfig, ShardDataset, ShardLoader, scan_shards  # noqa: E402
@@ -98,10 +99,6 @@ def write_wavs(root: Path, n_files: int, seconds: float) -> list[tuple[str, int]
         sf.write(path, y, SR, subtype="PCM_16")
         files.append((str(path), len(y)))
     return files
-
-
-def rms_db(x: np.ndarray) -> float:
-    return float(20 * np.log10(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-12)))
 
 
 def salient_excerpt(files: list[tuple[str, int]], idx: int) -> np.ndarray:

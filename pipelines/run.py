@@ -22,8 +22,6 @@ feature and augmentation config ids. A re-run does only the missing work; a fini
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import sys
 import time
 from collections import Counter
@@ -35,13 +33,13 @@ import numpy as np
 
 import tria  # noqa: F401  (torchaudio placeholder)
 from pipelines.catalogue import Catalogue
-from pipelines.rows import RejectRow, stable_id, to_json
+from pipelines.rows import RejectRow
 from pipelines.stages.excerpt import FilterConfig, filter_batch, rows_from_batch
 from pipelines.stages.prompts import PromptConfig, prompts_batch
 from pipelines.stages.shard import ShardConfig, ShardSink
 from pipelines.stages.tokenize import Tokenizer
 from tria.codec import CodecConfig
-from tria.config import ConfigError, from_dict, load_yaml, apply_overrides, to_dict
+from tria.config import ConfigError, apply_overrides, from_dict, load_yaml, resolve_path, to_dict
 
 
 @dataclass(frozen=True)
@@ -78,8 +76,7 @@ class PipelineConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def path(self, p: str) -> Path:
-        base = Path(self.root or os.environ.get("TRIA_ROOT") or os.getcwd())
-        return Path(p) if os.path.isabs(p) or "://" in p else base / p
+        return resolve_path(self.root, p)
 
     @property
     def source_names(self) -> list[str]:
@@ -117,14 +114,13 @@ def _stems(cat: Catalogue, cfg: PipelineConfig, role: str) -> list[dict[str, Any
     return cat.execute(sql + " ORDER BY stem_id", params).dicts()
 
 
-def separate_mixes(cfg: PipelineConfig, cat: Catalogue, run_id: str) -> None:
+def separate_mixes(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray) -> bool:
+    """Demucs drums of every mix not separated yet; returns whether there was any."""
     mixes = _stems(cat, cfg, "mix")
     done = {r[0] for r in cat.execute("SELECT parent_stem_id FROM stems WHERE parent_stem_id <> ''").rows}
     todo = [m for m in mixes if m["stem_id"] not in done]
     if not todo:
-        return
-    import ray
-
+        return False
     from pipelines.stages.separate import SeparateConfig, Separator, ray_resources, stem_rows_from_batch
 
     work = cfg.path(cfg.work_dir)
@@ -136,6 +132,7 @@ def separate_mixes(cfg: PipelineConfig, cat: Catalogue, run_id: str) -> None:
     ds = ds.map_batches(Separator, fn_constructor_args=(sep_cfg,), batch_size=1,
                         compute=ray.data.ActorPoolStrategy(size=1), **ray_resources(sep_cfg))
     record_rows(cat, ds, stem_rows_from_batch, run_id, "separate", len(todo))
+    return True
 
 
 def filter_stems(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray) -> tuple[int, int]:
@@ -259,16 +256,13 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             timings["ingest"] = time.perf_counter() - t0
 
         ids = config_ids(cfg)
-        has_mixes = bool(_stems(cat, cfg, "mix"))
         ray = _ray(cfg)  # started lazily, only when there is work
-        n_exc = n_rej = 0
         written: list = []
-        if has_mixes:
-            t0 = time.perf_counter()
-            separate_mixes(cfg, cat, run_id)
+        t0 = time.perf_counter()
+        if separate_mixes(cfg, cat, run_id, ray):
             timings["separate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        n_exc, n_rej = filter_stems(cfg, cat, run_id, ray)
+        filter_stems(cfg, cat, run_id, ray)
         timings["filter"] = time.perf_counter() - t0
         todo = pending_excerpts(cfg, cat, ids)
         if todo:
@@ -279,8 +273,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         else:
             print("[shard] nothing to do: every excerpt is already in a complete shard", flush=True)
         cat.finish_run(run_id)
-        summary = summarize(cfg, cat, ids, written, todo, timings, time.perf_counter() - t_start)
-        return summary
+        return summarize(cfg, cat, ids, written, todo, timings, time.perf_counter() - t_start)
     finally:
         cat.close()
 

@@ -27,6 +27,7 @@ import torch
 
 import tria  # noqa: F401  (registers the torchaudio placeholder before dac is imported)
 from tria.audio import resample
+from tria.features import rms_db
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +238,7 @@ def codec_id(weights: str | os.PathLike, size: str = "full", seed: int = 0) -> s
 
 def normalize_rms(audio: torch.Tensor, target_db: float) -> torch.Tensor:
     """Gain each item (pooled over channels and time) so its RMS is ``target_db`` dBFS (SPEC 1, steps 1-2)."""
-    rms = 20 * torch.log10(torch.sqrt(audio.square().mean(dim=(1, 2)) + 1e-12))  # (B,)
-    return audio * torch.pow(10.0, (target_db - rms) / 20.0)[:, None, None]
+    return audio * torch.pow(10.0, (target_db - rms_db(audio)) / 20.0)[:, None, None]
 
 
 def _file_digest(path: Path) -> str:

@@ -13,6 +13,7 @@ Unknown keys are errors (a typo never silently does nothing).
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -138,6 +139,15 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def resolve_path(root: str, p: str) -> Path:
+    """``p`` as given when absolute (or a ``scheme://`` URI), else under ``root``; an empty ``root`` means
+    ``$TRIA_ROOT`` or the current folder. Under ``ray job submit`` the job runs in an uploaded copy of the
+    repo, so configs pass ``root`` to keep data outside it."""
+    if os.path.isabs(p) or "://" in p:
+        return Path(p)
+    return Path(root or os.environ.get("TRIA_ROOT") or os.getcwd()) / p
 
 
 def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:

@@ -36,7 +36,7 @@ import torch
 from tria.audio import AudioError, check_audio, load_audio, resample, save_audio
 from tria.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
 from tria.codec import Codec, codec_from_id, resolve_device
-from tria.features import RhythmFeatureConfig, align_features, normalize_level, peak_limit, rhythm_features
+from tria.features import RhythmFeatureConfig, align_features, normalize_level, peak_limit, rhythm_features, rms_db
 from tria.model import TRIA
 from tria.sampling import DecodeStep, SamplerConfig, generate, prompt_layout
 
@@ -268,7 +268,7 @@ def generate_drums(
 def _set_level(audio: torch.Tensor, rhythm: torch.Tensor, loudness_db: float | None) -> torch.Tensor:
     """(n, 1, N) -> (n, 1, N) at `loudness_db` LUFS, or at the rhythm prompt's RMS when None; peak <= 1."""
     if loudness_db is None:
-        target = 20 * torch.log10(rhythm.square().mean().sqrt() + 1e-12)
+        target = rms_db(rhythm.reshape(1, 1, -1))[0]  # the prompt's level, pooled over its samples
         audio = normalize_level(audio, SAMPLE_RATE, float(target), mode="rms")
     else:
         audio = normalize_level(audio, SAMPLE_RATE, loudness_db, mode="lufs")

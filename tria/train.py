@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import tria  # noqa: F401  (torchaudio placeholder)
 from tria.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tria.codec import CodecConfig, resolve_device
-from tria.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from tria.config import ConfigError, apply_overrides, from_dict, load_yaml, resolve_path, to_dict
 from tria.curriculum import CurriculumConfig, allowed_codebooks, codebook_weights
 from tria.data import ReaderConfig, ShardDataset, ShardLoader, ShardSpec
 from tria.features import RhythmFeatureConfig
@@ -124,8 +124,7 @@ class TrainConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def path(self, p: str) -> Path:
-        base = Path(self.root or os.environ.get("TRIA_ROOT") or os.getcwd())
-        return Path(p) if os.path.isabs(p) else base / p
+        return resolve_path(self.root, p)
 
     @property
     def run_dir(self) -> Path:
@@ -459,7 +458,7 @@ class Trainer:
 
     def _codec(self):
         if not hasattr(self, "_codec_obj"):
-            self._codec_obj = self.cfg.codec.load(device=self.device if self.device != "cpu" else "cpu", quiet=False)
+            self._codec_obj = self.cfg.codec.load(device=self.device)
         return self._codec_obj
 
     # -- the loop -----------------------------------------------------------------------------

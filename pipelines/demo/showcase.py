@@ -17,12 +17,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import tria  # noqa: F401
 from tria.audio import load_audio, save_audio
-from tria.checkpoint import build_model_from_checkpoint, load_checkpoint
-from tria.features import RhythmFeatureConfig, rhythm_features
+from tria.checkpoint import load_checkpoint
 
 SR = 44_100
 
@@ -117,11 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.checkpoint and args.corpus and args.catalogue):
         ap.error("--checkpoint, --corpus and --catalogue are required")
 
-    from tria.codec import codec_from_id
-    from tria.generate import generate_drums
+    from tria.generate import generate_drums, load_for_generation
     from tria.sampling import SamplerConfig
 
-    ckpt = load_checkpoint(args.checkpoint)
     stamp = hashlib.sha1(args.checkpoint.read_bytes()).hexdigest()[:12]
     done = args.out / ".checkpoint"
     timbres, gestures = pick_timbres(args.catalogue), pick_gestures(args.corpus)
@@ -130,26 +126,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reusing the generated drums in {args.out} (same checkpoint)")
         return 0
 
-    model = build_model_from_checkpoint(ckpt)
-    codec = codec_from_id(ckpt["codec_id"])
-    features = RhythmFeatureConfig.from_dict(ckpt["features"])
+    loaded = load_for_generation(args.checkpoint)  # model, its codec and feature config, checked together
     sampler = SamplerConfig.app()
     rows = []
+    frame_s = 1.0
     for g in gestures:
         rhythm, _ = load_audio(g, sample_rate=SR)
         save_audio(args.out / "prompts" / f"{g.stem}.wav", rhythm, SR)
         for t in timbres:
             timbre, _ = load_audio(t["path"], sample_rate=SR)
             save_audio(args.out / "prompts" / f"kit_{t['kit'].replace(' ', '_')}.wav", timbre[:, : 2 * SR], SR)
-            audio, _ = generate_drums(rhythm, SR, timbre, SR, model, codec, features, sampler, seed=args.seed)
+            audio, info = generate_drums(rhythm, SR, timbre, SR, loaded.model, loaded.codec, loaded.features,
+                                         sampler, seed=args.seed)
             name = f"{g.stem}__{t['kit'].replace(' ', '_')}"
             path = save_audio(args.out / f"{name}.wav", audio[0], SR)
-            n = min(rhythm.shape[-1], audio.shape[-1])
-            f_prompt = rhythm_features(torch.from_numpy(rhythm[None, :, :n]), SR, features)[0].numpy()
-            f_result = rhythm_features(torch.from_numpy(audio[None, :1, :n]), SR, features)[0].numpy()
-            rows.append((f"{g.stem} x {t['kit']}", f_prompt, f_result))
+            # the features generation used (prompt) and those of its output, both on the codec's frames
+            rows.append((f"{g.stem} x {t['kit']}", info["prompt_feats"], info["result_feats"][0]))
+            frame_s = 1.0 / info["frame_rate"]
             print(f"  {path}  ({audio.shape[-1] / SR:.1f} s; rhythm {g.name}, kit {t['kit']})")
-    png = plot(rows, args.out / "rhythm_features.png", features.hop_length / features.sample_rate)
+    png = plot(rows, args.out / "rhythm_features.png", frame_s)
     print(f"  {png}")
     done.write_text(stamp)
     return 0

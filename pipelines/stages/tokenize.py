@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from tria.codec import Codec, CodecConfig, resolve_device
+from tria.codec import Codec, CodecConfig
 
 
 class Tokenizer:

@@ -152,12 +152,9 @@ class MlflowServer:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """One MLflow server for the session; stopped (or killed) at the end whatever the tests did."""
-    import socket
+    from net import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = MlflowServer(port, tmp_path_factory.mktemp("mlflow"), {**os.environ, "PYTHON": sys.executable})
+    server = MlflowServer(free_port(), tmp_path_factory.mktemp("mlflow"), {**os.environ, "PYTHON": sys.executable})
     server.start()
     try:
         yield server

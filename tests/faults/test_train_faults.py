@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from net import free_port
 import torch
 
 from faults.fault_tools import kill_tree, wait_for
@@ -117,9 +118,7 @@ def test_killed_mid_step_then_mid_checkpoint_write_resumes_and_finishes(corpus, 
 
 
 def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    return free_port()  # the probe socket is closed again: nothing listens there
 
 
 def test_mlflow_down_at_start(corpus, caplog, capsys, tally):

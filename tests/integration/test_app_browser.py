@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from net import free_port
 import soundfile as sf
 
 from synth_audio import click_track, hat, kick, place
@@ -54,12 +55,6 @@ def _import_or_fail(name: str, pin: str):
                     pytrace=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def app_server(tmp_path):
     """The page on a free port; yields (url, folder with the prompts). Stopped (by its pid) after the test."""
@@ -70,7 +65,7 @@ def app_server(tmp_path):
                            features=features.to_dict(), features_id=features.config_id)
     save_audio(tmp_path / "tap.wav", click_track([0.1, 0.35, 0.6, 0.85, 1.1], 1.4), SR)
     save_audio(tmp_path / "kit.wav", place([(0.0, kick()), (0.25, hat()), (0.5, kick())], 0.8), SR)
-    port = _free_port()
+    port = free_port()
     # One OpenMP thread: on 2 shared cores two threads mostly wait on each other.
     env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": "1"}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from net import free_port
 import yaml
 
 from pipeline_fixtures import BAD_FILES, make_drums, make_mix
@@ -26,16 +27,10 @@ pytestmark = pytest.mark.integration
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head():
-    env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent), "RAY_PORT": str(_free_port()),
-           "RAY_DASHBOARD_PORT": str(_free_port()), "RAY_CLIENT_PORT": str(_free_port()), "RAY_NUM_CPUS": "2",
+    env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent), "RAY_PORT": str(free_port()),
+           "RAY_DASHBOARD_PORT": str(free_port()), "RAY_CLIENT_PORT": str(free_port()), "RAY_NUM_CPUS": "2",
            "RAY_AUTH_MODE": "token"}
     script = str(REPO / "orchestration" / "ray_local.sh")
     out = subprocess.run(["bash", script, "start"], env=env, cwd=REPO, capture_output=True, text=True, timeout=240)

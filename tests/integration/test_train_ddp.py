@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from net import free_port
 
 from shard_fixtures import make_corpus, train_yaml
 
@@ -16,16 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     d = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHON": sys.executable}
     script = REPO / "orchestration" / "mlflow_server.sh"
     subprocess.run(["bash", str(script), "start", "--port", str(port), "--dir", str(d)], check=True, env=env,

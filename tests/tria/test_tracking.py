@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from net import free_port
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -35,12 +37,6 @@ from tria.tracking import (
 
 SCRIPT = Path(__file__).resolve().parents[2] / "orchestration" / "mlflow_server.sh"
 CONFIG = {"model": {"dim": 64, "layers": [1, 2]}, "data": {"seed": 3}, "note": "x" * 7000}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def script(*args: str) -> subprocess.CompletedProcess:
