@@ -17,7 +17,6 @@ import json
 import math
 from dataclasses import dataclass
 
-import julius
 import numpy as np
 import scipy.signal
 import torch
@@ -130,6 +129,43 @@ def _k_weighting(sample_rate: int) -> list[IIRfilter]:
             IIRfilter(0.0, 0.5, 38.0, sample_rate, "high_pass")]
 
 
+# Samples per pass of the CPU loops over items (loudness filters, STFT): passes of a few seconds of
+# audio keep each step's arrays in cache and measured about 2x faster than whole-batch passes. Items
+# are independent, so the results are the same for any grouping (tests pin it).
+CPU_PASS_SAMPLES = 2**19
+
+
+def _cpu_chunks(audio: torch.Tensor) -> list[slice]:
+    """Item slices of about CPU_PASS_SAMPLES samples each for the CPU (at least one item each)."""
+    B = audio.shape[0]
+    per_item = max(1, audio[0].numel())
+    size = max(1, CPU_PASS_SAMPLES // per_item)
+    return [slice(start, start + size) for start in range(0, B, size)]
+
+
+def _block_energy(x: np.ndarray, block: int, step: int) -> np.ndarray:
+    """Mean square of each ``block``-sample block every ``step`` samples: (..., N) -> (..., n_blocks).
+
+    The blocks are julius ``unfold``'s: the signal is zero-padded at the end so the last block
+    covers it. Each block is summed from non-overlapping chunks of gcd(block, step) samples (for
+    BS.1770, 4 chunks of 100 ms per 400 ms block), so every sample is squared once and no
+    overlapping copy is made. Only the order of the float64 additions differs from summing each
+    block directly (relative difference ~1e-16); all terms are non-negative, so nothing cancels.
+    """
+    n = x.shape[-1]
+    n_blocks = math.ceil((max(n, block) - block) / step) + 1
+    g = math.gcd(block, step)
+    n_chunks = ((n_blocks - 1) * step + block) // g
+    sq = np.square(x)
+    full = n // g
+    chunks = np.zeros(x.shape[:-1] + (n_chunks,))
+    chunks[..., :full] = sq[..., :full * g].reshape(x.shape[:-1] + (full, g)).sum(-1)
+    if n > full * g:
+        chunks[..., full] = sq[..., full * g:].sum(-1)
+    windows = np.lib.stride_tricks.sliding_window_view(chunks, block // g, axis=-1)[..., ::step // g, :]
+    return windows.sum(-1) / block
+
+
 def integrated_loudness(audio: torch.Tensor, sample_rate: int, block_s: float = 0.4) -> torch.Tensor:
     """BS.1770-4 gated integrated loudness (LUFS) per batch item, as audiotools measures it.
 
@@ -144,15 +180,23 @@ def integrated_loudness(audio: torch.Tensor, sample_rate: int, block_s: float = 
     Returns:
         (B,) float32 loudness in LUFS.
     """
-    x = audio.detach().to("cpu", torch.float64).numpy()
+    audio = audio.detach().cpu()  # the documented round trip: the IIR runs on the CPU in float64
     n_min = int(0.5 * sample_rate)
-    if x.shape[-1] < n_min:
-        x = np.pad(x, [(0, 0), (0, 0), (0, n_min - x.shape[-1])])
-    for f in _k_weighting(sample_rate):
-        x = f.passband_gain * scipy.signal.lfilter(f.b, f.a, x, axis=-1)
     block = int(block_s * sample_rate)
-    blocks = julius.core.unfold(torch.from_numpy(x), block, int(block * 0.25))  # (B, C, n_blocks, block)
-    z = blocks.square().sum(-1) / block  # (B, C, n_blocks) mean square per block
+    filters = _k_weighting(sample_rate)
+
+    def block_energy(rows: torch.Tensor) -> np.ndarray:  # (b, C, N) -> (b, C, n_blocks) mean squares
+        x = rows.to("cpu", torch.float64).numpy()
+        if x.shape[-1] < n_min:
+            x = np.pad(x, [(0, 0), (0, 0), (0, n_min - x.shape[-1])])
+        for f in filters:
+            x = scipy.signal.lfilter(f.b, f.a, x, axis=-1)
+            if f.passband_gain != 1.0:  # 1.0 for both BS.1770 stages; x * 1.0 would only copy
+                x = f.passband_gain * x
+        return _block_energy(x, block, int(block * 0.25))
+
+    # Items in cache-sized groups: the float64 copies of a whole batch would not stay in cache.
+    z = torch.from_numpy(np.concatenate([block_energy(audio[rows]) for rows in _cpu_chunks(audio)]))
     with np.errstate(divide="ignore"):
         lk = -0.691 + 10 * torch.log10(z.sum(1))  # (B, n_blocks), channel gains are 1 for C <= 3
 
@@ -181,7 +225,8 @@ def normalize_level(audio: torch.Tensor, sample_rate: int, target_db: float, mod
 
 def peak_limit(audio: torch.Tensor, peak: float = 1.0) -> torch.Tensor:
     """Scale down each (item, channel) whose absolute peak exceeds ``peak`` (audiotools ensure_max_of_audio)."""
-    m = audio.abs().amax(dim=-1, keepdim=True)
+    lo, hi = torch.aminmax(audio, dim=-1, keepdim=True)
+    m = torch.maximum(-lo, hi)  # == audio.abs().amax(-1) exactly, without the |audio| copy
     return audio * torch.where(m > peak, peak / m.clamp_min(EPS), torch.ones_like(m))
 
 
@@ -230,11 +275,17 @@ def mel_spectrogram(audio: torch.Tensor, sample_rate: int, n_mels: int, window_l
     """
     B, C, N = audio.shape
     window = torch.hann_window(window_length, periodic=True, dtype=audio.dtype, device=audio.device)
-    spec = torch.stft(audio.reshape(B * C, N), n_fft=window_length, hop_length=hop_length, window=window,
-                      center=True, pad_mode="reflect", return_complex=True).abs()  # (B*C, n_bins, T')
     fb = torch.from_numpy(mel_filterbank(sample_rate, window_length, n_mels)).to(audio)
-    mel = torch.einsum("mf,bft->bmt", fb, spec)  # (B*C, n_mels, T')
-    return mel.reshape(B, C, n_mels, -1).mean(1)  # (B, n_mels, T')
+
+    def mel(rows: torch.Tensor) -> torch.Tensor:  # (b, C, N) -> (b, n_mels, T')
+        b = rows.shape[0]
+        spec = torch.stft(rows.reshape(b * C, N), n_fft=window_length, hop_length=hop_length, window=window,
+                          center=True, pad_mode="reflect", return_complex=True).abs()  # (b*C, n_bins, T')
+        return torch.einsum("mf,bft->bmt", fb, spec).reshape(b, C, n_mels, -1).mean(1)
+
+    if audio.device.type != "cpu":
+        return mel(audio)
+    return torch.cat([mel(audio[rows]) for rows in _cpu_chunks(audio)])  # see CPU_PASS_SAMPLES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +400,7 @@ def _check_input(audio: torch.Tensor, sample_rate: int, config: RhythmFeatureCon
         raise ValueError(f"audio must have shape (B, C, N), got {tuple(audio.shape)}")
     if audio.numel() == 0:
         raise ValueError(f"audio is empty: shape {tuple(audio.shape)}")
-    if not torch.isfinite(audio).all():
+    if not torch.isfinite(torch.stack(torch.aminmax(audio))).all():  # NaN propagates to min and max
         raise ValueError("audio contains NaN or Inf samples")
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
