@@ -360,7 +360,10 @@ def rhythm_features(audio: torch.Tensor, sample_rate: int, config: RhythmFeature
     config = config or RhythmFeatureConfig()
     _check_input(audio, sample_rate, config)
     x = audio.float().mean(1, keepdim=True)  # (B, 1, N) mono
-    x = resample(x, sample_rate, config.sample_rate)
+    # julius builds its sinc kernel on the default device and then moves it to x's: build it on the
+    # CPU, so every device (and any torch.set_default_device) gets the same kernel.
+    with torch.device("cpu"):
+        x = resample(x, sample_rate, config.sample_rate)
     x = peak_limit(normalize_level(x, config.sample_rate, config.target_db, config.loudness_norm))
 
     mel = mel_spectrogram(x, config.sample_rate, config.n_mels, config.window_length, config.hop_length)

@@ -435,7 +435,7 @@ def snap_ratio(semitones: float, sample_rate: int = 44100) -> Fraction:
     return ratios[int(np.argmin(np.abs(_fast_semitones(sample_rate) - semitones)))]
 
 
-def _phase_vocoder(spec: torch.Tensor, rates: torch.Tensor, hop: int, n_fft: int) -> torch.Tensor:
+def _phase_vocoder(spec: torch.Tensor, rates: Sequence[float], hop: int, n_fft: int) -> torch.Tensor:
     """torchaudio's ``phase_vocoder`` with one rate per item (B,), on (B, F, T) -> (B, F, T').
 
     Output frame k of item b reads input position k * rate_b: magnitudes are interpolated
@@ -443,12 +443,14 @@ def _phase_vocoder(spec: torch.Tensor, rates: torch.Tensor, hop: int, n_fft: int
     (items with larger rates finish earlier) are zero.
     """
     b, _, t = spec.shape
-    n_out = int(math.ceil(t / float(rates.min())))
-    # k * rate, nudged so that positions meant to be integers (rate 2/3, k = 3) never floor down
-    steps = torch.arange(n_out, dtype=torch.float64)[None] * rates.double().cpu()[:, None] + 1e-9
-    valid = (steps < t).to(spec.device)[..., None]
-    alpha = (steps - steps.floor()).to(device=spec.device, dtype=spec.real.dtype)[..., None]
-    index = steps.floor().long().clamp(max=t).to(spec.device)  # (B, T')
+    n_out = int(math.ceil(t / min(rates)))
+    # k * rate, nudged so that positions meant to be integers (rate 2/3, k = 3) never floor down.
+    # float64 products and sums are correctly rounded on every device: the same frames everywhere.
+    rate = torch.tensor(rates, dtype=torch.float64, device=spec.device)
+    steps = torch.arange(n_out, dtype=torch.float64, device=spec.device)[None] * rate[:, None] + 1e-9
+    valid = (steps < t)[..., None]
+    alpha = (steps - steps.floor()).to(spec.real.dtype)[..., None]
+    index = steps.floor().long().clamp(max=t)  # (B, T')
     rows = torch.arange(b, device=spec.device)[:, None]
     # Time-major (B, T + 2, F), so that picking frames copies whole rows; torchaudio pads two
     # zero frames so that index + 1 always exists.
@@ -515,7 +517,7 @@ def pitch_shift(audio: torch.Tensor, sample_rate: int, ratios: Sequence[float],
         r = [float(v) for v in ratios[rows]]
         spec = torch.stft(audio[rows], n_fft, hop, win, window, center=True, pad_mode="reflect",
                           return_complex=True)
-        stretched = _phase_vocoder(spec, 1.0 / torch.tensor(r, dtype=torch.float64), hop, n_fft)
+        stretched = _phase_vocoder(spec, [1.0 / v for v in r], hop, n_fft)
         # One iSTFT per item over its own frames, as the authors do per ratio group: a shared
         # call would normalise each item's last samples by the window of the zero frames after it.
         items = [torch.istft(stretched[i, :, :math.ceil(spec.shape[-1] * v)], n_fft, hop, win, window,
@@ -551,7 +553,7 @@ def _item_noise(seeds: Sequence[int], n: int, like: torch.Tensor) -> torch.Tenso
 
     The authors peak-normalise the noise first; mix_at_snr is scale-free, so that step is omitted.
     """
-    rows = [torch.randn(n, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    rows = [torch.randn(n, generator=torch.Generator("cpu").manual_seed(s), device="cpu") for s in seeds]
     return torch.stack(rows).to(device=like.device, dtype=like.dtype)
 
 
