@@ -1,8 +1,12 @@
 """Rhythm features: a few adaptive frequency bands of transient energy, quantised (SPEC section 2).
 
 The pipeline computes these once per augmented rhythm prompt and stores them in the shards; the
-generator computes them for the user's prompt. Everything is batched torch; loudness measurement
-uses a float64 IIR filter on the CPU (see :func:`integrated_loudness`).
+generator computes them for the user's prompt. Everything is batched torch on the input's device;
+loudness measurement uses a float64 IIR filter on the CPU (see :func:`integrated_loudness`), and
+only its (B,) result goes back to the device.
+
+On the CPU the loudness-to-mel steps run over cache-sized groups of items (``CPU_PASS_SAMPLES``);
+on a GPU over the whole batch. The output is the same either way.
 
 Steps (SPEC 2.1): mono -> resample -> loudness normalise -> |STFT| -> mel -> clamp -> compress ->
 adaptive equal-energy band split -> transient emphasis -> smoothing -> per-band normalisation ->
@@ -16,6 +20,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import scipy.signal
@@ -122,16 +127,22 @@ def _resampled_length(n: int, sr_in: int, sr_out: int) -> int:
 # Loudness
 # ---------------------------------------------------------------------------------------------
 
-def _k_weighting(sample_rate: int) -> list[IIRfilter]:
-    # BS.1770 pre-filter (high shelf) and RLB high-pass, with pyloudnorm's coefficients for this rate,
-    # which are also what audiotools' Meter uses.
-    return [IIRfilter(4.0, 1 / math.sqrt(2), 1500.0, sample_rate, "high_shelf"),
-            IIRfilter(0.0, 0.5, 38.0, sample_rate, "high_pass")]
+@lru_cache(maxsize=16)
+def _k_weighting(sample_rate: int) -> tuple[tuple[np.ndarray, np.ndarray, float], ...]:
+    """(b, a, passband gain) of the BS.1770 pre-filter (high shelf) and RLB high-pass.
+
+    pyloudnorm's coefficients for this rate, which are also what audiotools' Meter uses (pyloudnorm
+    recomputes them on every attribute access, hence the cache).
+    """
+    stages = [IIRfilter(4.0, 1 / math.sqrt(2), 1500.0, sample_rate, "high_shelf"),
+              IIRfilter(0.0, 0.5, 38.0, sample_rate, "high_pass")]
+    return tuple((f.b, f.a, f.passband_gain) for f in stages)
 
 
-# Samples per pass of the CPU loops over items (loudness filters, STFT): passes of a few seconds of
-# audio keep each step's arrays in cache and measured about 2x faster than whole-batch passes. Items
-# are independent, so the results are the same for any grouping (tests pin it).
+# Samples per pass of the CPU loops over items (in rhythm_features: loudness, gain, peak limit, STFT
+# and mel; in integrated_loudness: the float64 IIR). Passes of a few seconds of audio keep each
+# step's arrays in cache and measured up to 2x faster than whole-batch passes. Items are independent,
+# so the results are the same for any grouping (tests pin it). A GPU takes the whole batch at once.
 CPU_PASS_SAMPLES = 2**19
 
 
@@ -189,10 +200,10 @@ def integrated_loudness(audio: torch.Tensor, sample_rate: int, block_s: float = 
         x = rows.to("cpu", torch.float64).numpy()
         if x.shape[-1] < n_min:
             x = np.pad(x, [(0, 0), (0, 0), (0, n_min - x.shape[-1])])
-        for f in filters:
-            x = scipy.signal.lfilter(f.b, f.a, x, axis=-1)
-            if f.passband_gain != 1.0:  # 1.0 for both BS.1770 stages; x * 1.0 would only copy
-                x = f.passband_gain * x
+        for b, a, gain in filters:
+            x = scipy.signal.lfilter(b, a, x, axis=-1)
+            if gain != 1.0:  # 1.0 for both BS.1770 stages; x * 1.0 would only copy
+                x = gain * x
         return _block_energy(x, block, int(block * 0.25))
 
     # Items in cache-sized groups: the float64 copies of a whole batch would not stay in cache.
@@ -225,8 +236,7 @@ def normalize_level(audio: torch.Tensor, sample_rate: int, target_db: float, mod
 
 def peak_limit(audio: torch.Tensor, peak: float = 1.0) -> torch.Tensor:
     """Scale down each (item, channel) whose absolute peak exceeds ``peak`` (audiotools ensure_max_of_audio)."""
-    lo, hi = torch.aminmax(audio, dim=-1, keepdim=True)
-    m = torch.maximum(-lo, hi)  # == audio.abs().amax(-1) exactly, without the |audio| copy
+    m = audio.abs().amax(dim=-1, keepdim=True)
     return audio * torch.where(m > peak, peak / m.clamp_min(EPS), torch.ones_like(m))
 
 
@@ -247,6 +257,12 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
     f_sp, min_log_hz = 200.0 / 3, 1000.0
     min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
     return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+@lru_cache(maxsize=16)
+def _mel_filterbank_tensor(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
+    """mel_filterbank as a CPU tensor, built once per shape (callers copy it with ``.to``)."""
+    return torch.from_numpy(mel_filterbank(sample_rate, n_fft, n_mels))
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
@@ -275,17 +291,11 @@ def mel_spectrogram(audio: torch.Tensor, sample_rate: int, n_mels: int, window_l
     """
     B, C, N = audio.shape
     window = torch.hann_window(window_length, periodic=True, dtype=audio.dtype, device=audio.device)
-    fb = torch.from_numpy(mel_filterbank(sample_rate, window_length, n_mels)).to(audio)
-
-    def mel(rows: torch.Tensor) -> torch.Tensor:  # (b, C, N) -> (b, n_mels, T')
-        b = rows.shape[0]
-        spec = torch.stft(rows.reshape(b * C, N), n_fft=window_length, hop_length=hop_length, window=window,
-                          center=True, pad_mode="reflect", return_complex=True).abs()  # (b*C, n_bins, T')
-        return torch.einsum("mf,bft->bmt", fb, spec).reshape(b, C, n_mels, -1).mean(1)
-
-    if audio.device.type != "cpu":
-        return mel(audio)
-    return torch.cat([mel(audio[rows]) for rows in _cpu_chunks(audio)])  # see CPU_PASS_SAMPLES
+    fb = _mel_filterbank_tensor(sample_rate, window_length, n_mels).to(audio)
+    spec = torch.stft(audio.reshape(B * C, N), n_fft=window_length, hop_length=hop_length, window=window,
+                      center=True, pad_mode="reflect", return_complex=True).abs()  # (B*C, n_bins, T')
+    mel = torch.einsum("mf,bft->bmt", fb, spec)  # (B*C, n_mels, T')
+    return mel.reshape(B, C, n_mels, -1).mean(1)  # (B, n_mels, T')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,9 +374,15 @@ def rhythm_features(audio: torch.Tensor, sample_rate: int, config: RhythmFeature
     # CPU, so every device (and any torch.set_default_device) gets the same kernel.
     with torch.device("cpu"):
         x = resample(x, sample_rate, config.sample_rate)
-    x = peak_limit(normalize_level(x, config.sample_rate, config.target_db, config.loudness_norm))
 
-    mel = mel_spectrogram(x, config.sample_rate, config.n_mels, config.window_length, config.hop_length)
+    def level_and_mel(rows: torch.Tensor) -> torch.Tensor:  # (b, 1, N') -> (b, n_mels, F)
+        rows = peak_limit(normalize_level(rows, config.sample_rate, config.target_db, config.loudness_norm))
+        return mel_spectrogram(rows, config.sample_rate, config.n_mels, config.window_length, config.hop_length)
+
+    if x.device.type == "cpu":  # groups of items that stay in cache (see CPU_PASS_SAMPLES)
+        mel = torch.cat([level_and_mel(x[rows]) for rows in _cpu_chunks(x)])
+    else:
+        mel = level_and_mel(x)
     mel = mel.clamp(0.0, config.clamp_max)  # (B, n_mels, F)
     if config.legacy_normalize:
         mel = mel / config.n_mels
