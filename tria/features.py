@@ -6,7 +6,7 @@ loudness measurement uses a float64 IIR filter on the CPU (see :func:`integrated
 only its (B,) result goes back to the device.
 
 On the CPU the loudness-to-mel steps run over cache-sized groups of items (``CPU_PASS_SAMPLES``);
-on a GPU over the whole batch. The output is the same either way.
+on a GPU over the whole batch. The grouping does not change the output.
 
 Steps (SPEC 2.1): mono -> resample -> loudness normalise -> |STFT| -> mel -> clamp -> compress ->
 adaptive equal-energy band split -> transient emphasis -> smoothing -> per-band normalisation ->

@@ -45,6 +45,13 @@ Speed (SPEC 9.3) and how each stage relates to the authors' algorithm:
   as an FFT-domain gain curve built from the same julius kernels. As in audiotools, the drawn
   values are applied as ``10 ** eq`` (log10 amplitude, i.e. 20 * eq dB), not as dB.
 
+Devices. The chain runs on the input's device and every tensor it creates names that device. Three
+things are made on the CPU on purpose and copied to the device: the parameter draws (numpy, per
+item), the FilteredNoise samples (one CPU generator per item, so the noise is the same on every
+device) and the FFT filter responses (numpy, cached per cut-off). Nothing goes back to the CPU
+except Python numbers: the input checks (NaN/Inf) and the reverb IR's peak position. On a GPU the
+outputs agree with the CPU's to float rounding (tests/tria/test_device.py, ``-m gpu``).
+
 Every stage matches energy and peak-limits, including ShiftPhase and FilteredNoise, which in the
 authors' code are plain audiotools transforms that only peak-limit (SPEC 5.3 and the task ask for
 all five to match energy).
