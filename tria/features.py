@@ -22,13 +22,14 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import julius
 import numpy as np
 import scipy.signal
 import torch
 import torch.nn.functional as F
 from pyloudnorm.iirfilter import IIRfilter
 
-from tria.audio import resample
+from tria.audio import RESAMPLE_ROLLOFF, RESAMPLE_ZEROS
 
 EPS = 1e-8
 MIN_LOUDNESS_DB = -70.0  # audiotools clamps measured loudness here (silence -> -70, not -inf)
@@ -348,6 +349,19 @@ def moving_average(x: torch.Tensor, window: int) -> torch.Tensor:
     return F.conv1d(xp, kernel, groups=x.shape[1])
 
 
+@lru_cache(maxsize=16)
+def _resampler(sr_in: int, sr_out: int, device: torch.device) -> julius.ResampleFrac:
+    """tria.audio.resample's julius resampler, its sinc kernel built once on the CPU and kept per device.
+
+    julius.resample_frac would build the kernel (a Python loop of torch ops) on every call, on the
+    default device. Built on the CPU and copied, every device gets the same kernel; the output
+    equals ``tria.audio.resample`` bit for bit (tests pin it).
+    """
+    with torch.device("cpu"):
+        module = julius.ResampleFrac(int(sr_in), int(sr_out), zeros=RESAMPLE_ZEROS, rolloff=RESAMPLE_ROLLOFF)
+    return module.to(device)
+
+
 def _frames(ms: float, config: RhythmFeatureConfig) -> int:
     return max(1, int(round(ms / 1000.0 * config.sample_rate / config.hop_length)))
 
@@ -370,10 +384,9 @@ def rhythm_features(audio: torch.Tensor, sample_rate: int, config: RhythmFeature
     config = config or RhythmFeatureConfig()
     _check_input(audio, sample_rate, config)
     x = audio.float().mean(1, keepdim=True)  # (B, 1, N) mono
-    # julius builds its sinc kernel on the default device and then moves it to x's: build it on the
-    # CPU, so every device (and any torch.set_default_device) gets the same kernel.
-    with torch.device("cpu"):
-        x = resample(x, sample_rate, config.sample_rate)
+    if sample_rate != config.sample_rate:
+        with torch.device("cpu"):  # julius' forward makes its length scalars on the default device
+            x = _resampler(sample_rate, config.sample_rate, x.device)(x)
 
     def level_and_mel(rows: torch.Tensor) -> torch.Tensor:  # (b, 1, N') -> (b, n_mels, F)
         rows = peak_limit(normalize_level(rows, config.sample_rate, config.target_db, config.loudness_norm))

@@ -214,3 +214,12 @@ def test_block_energy_matches_direct_sums_on_random_lengths():
         direct = np.stack([np.square(xp[..., i * step:i * step + block]).sum(-1) / block
                            for i in range(n_blocks)], -1)
         np.testing.assert_allclose(tf._block_energy(x, block, step), direct, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("sr_in,sr_out", [(SR, 16_000), (48_000, 16_000), (22_050, SR), (16_000, SR)])
+def test_cached_resampler_equals_tria_audio_resample(sr_in, sr_out):
+    from tria.audio import resample
+    x = varied_batch(0.5, sr_in)
+    y = tf._resampler(sr_in, sr_out, x.device)(x)
+    assert torch.equal(y, resample(x, sr_in, sr_out))
+    assert tf._resampler(sr_in, sr_out, x.device) is tf._resampler(sr_in, sr_out, torch.device("cpu"))
