@@ -18,7 +18,8 @@ step and are counted in the table.
     python -m benchmarks.features --device cuda   # batched on the GPU (the reference stays on the CPU)
 
 The summary line gives both presets' batched/per-example ratios and the equality check, all
-measured in one run, and whether the paper preset meets the issue-13 target (>= 3x).
+measured in one run, and whether the paper preset meets the issue-13 target (>= 3x at B >= 16;
+``--quick`` runs B=4, where fixed per-call costs weigh more, and only reports the ratio).
 """
 
 from __future__ import annotations
@@ -199,7 +200,10 @@ def main(argv: list[str] | None = None) -> None:
         rows.append([name, f"{cfg.sample_rate}/{cfg.n_mels}/{cfg.quantization_levels}", t_ref, t_ours,
                      f"{t_ref / t_ours:.1f}x", f"{ours.size}", f"{n_diff} ({n_boundary} near)",
                      f"{args.batch * args.seconds / t_ours:.0f}x"])
-        target = f" (target >= {PAPER_TARGET:g}x: {'ok' if t_ref / t_ours >= PAPER_TARGET else 'MISS'})"
+        if args.batch >= 16:
+            target = f" (target >= {PAPER_TARGET:g}x: {'ok' if t_ref / t_ours >= PAPER_TARGET else 'MISS'})"
+        else:  # fixed per-call costs weigh more in small batches; the target is set at B=16
+            target = f" (target >= {PAPER_TARGET:g}x is for B >= 16)"
         speedups.append(f"{name} {t_ref / t_ours:.1f}x{target if name == 'paper' else ''}")
         checks.append(f"{name} {ours.size - n_diff}/{ours.size} identical, {n_diff} boundary flips")
         if args.profile:
