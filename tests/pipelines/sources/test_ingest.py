@@ -118,6 +118,6 @@ def test_list_cli_shows_counts_from_the_catalogue(corpus_server, corpora, tmp_pa
                          capture_output=True, text=True, check=True).stdout
     lines = {line.split()[0]: line.split() for line in out.splitlines()[2:-1]}
     assert set(lines) == set(ADAPTERS)
-    # fsl10k: 1 raw file (the zip), 1 kept loop of 5 s.
-    assert lines["fsl10k"][-3:] == ["1", "1", "0.0014"]
+    # fsl10k: 1 raw file (the zip), 2 kept loops of 5 s and 4.5 s.
+    assert lines["fsl10k"][-3:] == ["1", "2", "0.0026"]
     assert "separated" in lines["mtg_jamendo"] and "CC-BY-NC-SA-4.0" in lines["moisesdb"]
