@@ -397,7 +397,7 @@ def fetch_release(name: str, cache: str | os.PathLike | None = None, url: str | 
     if dest.is_file() and dest.stat().st_size == rel.size:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    part = dest.with_name(f"{dest.name}.{os.getpid()}.part")  # DDP ranks may fetch at once
     source = url or RELEASE_URL.format(path=rel.path)
     digest = hashlib.sha256()
     try:
