@@ -344,7 +344,21 @@ class Trainer:
         (self.run_dir / "shards.json").write_text(json.dumps(self.selection, indent=1))
         logger.log_artifact(self.run_dir / "shards.json")
         self._record_in_catalogue()
+        self._log_dataset_card(logger)
         return logger
+
+    def _log_dataset_card(self, logger) -> None:
+        """Write this run's dataset card (tria/card.py) next to its checkpoints and log it to MLflow."""
+        from tria.card import write_card
+
+        try:
+            path = write_card(self.cfg.path(self.cfg.data.catalogue), self.state.mlflow_run_id or f"local-{self.cfg.name}",
+                              self.run_dir / "dataset_card.md")
+        except Exception as e:  # the catalogue is locked by a running pipeline: training still proceeds
+            print(f"[train] warning: could not write the dataset card: {e}", flush=True)
+            return
+        logger.log_artifact(path)
+        print(f"[train] dataset card: {path}", flush=True)
 
     def _record_in_catalogue(self) -> None:
         from pipelines.catalogue import Catalogue
