@@ -30,12 +30,7 @@ KEYS = Path("/work/shared/fixtures/authors_tria_small_keys.json")
 SR = 44_100
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/tria/conftest.py
 
 
 @pytest.fixture(scope="module")
