@@ -14,7 +14,7 @@ The card is Markdown, built from the catalogue only (read-only DuckDB, the SQL i
 * every licence with its share of the hours;
 * the terms that reach the weights: non-commercial and research-only licences (a model trained
   on them inherits the restriction; the authors release their weights under CC BY-NC-SA for this
-  reason), share-alike licences;
+  reason), share-alike and copyleft (GPL) licences;
 * the attribution the licences require: every track under a CC BY-family licence, with its
   author where the catalogue knows one (the Freesound user of an FSL10K loop, with its page).
 
@@ -120,7 +120,9 @@ def non_commercial(licence: str) -> bool:
 
 
 def share_alike(licence: str) -> bool:
-    return bool(re.search(r"(^|-)SA(-|$)", licence.upper().replace(" ", "-")))
+    """CC BY-SA and copyleft licences (GPL, as some Hydrogen kits use): derivatives keep the licence."""
+    text = licence.upper().replace(" ", "-")
+    return bool(re.search(r"(^|-)SA(-|$)", text)) or "GPL" in text
 
 
 def _author(t: TrackUse) -> str:
@@ -201,7 +203,7 @@ def build_card(db: str | os.PathLike, run: str) -> str:
     for t in tracks:
         by_licence[t.licence] += t.hours
     out += ["## Licences", ""]
-    out += _table(["licence", "hours", "share", "attribution", "non-commercial", "share-alike"],
+    out += _table(["licence", "hours", "share", "attribution", "non-commercial", "share-alike/copyleft"],
                   [[lic, f"{h:.3f}", f"{100 * h / total_h:.1f} %" if total_h else "-",
                     "yes" if needs_attribution(lic) else "no", "yes" if non_commercial(lic) else "no",
                     "yes" if share_alike(lic) else "no"]
@@ -219,8 +221,8 @@ def build_card(db: str | os.PathLike, run: str) -> str:
     else:
         out.append("- No non-commercial or research-only licence among the training data.")
     if sa:
-        out.append(f"- **Share-alike**: {', '.join(sorted(sa))}: adaptations are to be shared under the "
-                   "same licence; releasing the weights under it is the cautious reading.")
+        out.append(f"- **Share-alike / copyleft**: {', '.join(sorted(sa))}: adaptations are to be shared under "
+                   "the same licence; releasing the weights under it is the cautious reading.")
     out.append("")
 
     out += ["## Attribution", ""]
@@ -232,8 +234,9 @@ def build_card(db: str | os.PathLike, run: str) -> str:
         out += [f"### {title}", ""]
         for t in sorted((t for t in credited if t.source == source), key=lambda t: t.track):
             author, link = _author(t), _link(t)
+            kit = f"kit {t.meta['kit']}, " if t.meta.get("kit") else ""
             out.append(f"- \"{t.title}\"" + (f" by {author}" if author else "") + (f", {link}" if link else "")
-                       + f" ({t.licence})")
+                       + f" ({kit}{t.licence})")
         out.append("")
     return "\n".join(out)
 

@@ -81,7 +81,7 @@ def test_card_hours_licences_terms_and_attribution(catalogue):
     assert "| MUSDB18 terms: research use only (mixed per-track licences) | 0.008 | 41.7 % | no | yes | no |" in card
     # Non-commercial terms reach the weights: MoisesDB, the NC loop and MUSDB's research-only terms.
     assert "**Non-commercial / research only**: 75.0 % of the hours" in card
-    assert "**Share-alike**: CC-BY-NC-SA-4.0" in card
+    assert "**Share-alike / copyleft**: CC-BY-NC-SA-4.0" in card
     # Attribution: CC BY loops with their Freesound user and page, MoisesDB's artist; not CC0 nor MUSDB.
     assert '- "title 1001" by beatmaker, https://freesound.org/s/1001/ (CC-BY-3.0)' in card
     assert '- "title 1003" by nc_user, https://freesound.org/s/1003/ (CC-BY-NC-4.0)' in card
@@ -102,7 +102,7 @@ def test_cli_prints_the_card_and_names_unknown_runs(catalogue, tmp_path):
 @pytest.mark.parametrize("licence, attribution, nc, sa", [
     ("CC-BY-3.0", True, False, False), ("CC-BY-NC-SA-4.0", True, True, True), ("CC0-1.0", False, False, False),
     ("per-track Creative Commons (Jamendo)", True, False, False), ("research only", False, True, False),
-    ("GPL-2.0-or-later", False, False, False), ("CC-BY-SA-3.0", True, False, True)])
+    ("GPL-2.0-or-later", False, False, True), ("CC-BY-SA-3.0", True, False, True)])
 def test_licence_terms(licence, attribution, nc, sa):
     assert (needs_attribution(licence), non_commercial(licence), share_alike(licence)) == (attribution, nc, sa)
 
