@@ -198,13 +198,18 @@ class MoisesDB(Source):
             return reject("no_drums", f"folders: {', '.join(d.name for d in subdirs)}")
         split = self.catalogue_split(own_split)
         dest = stem_path(out_dir, split, track, "drums")
-        if not dest.exists():  # a finished stem is kept: re-runs do no work
+        # A finished stem is kept (re-runs do no work) unless it was summed from other parts, e.g.
+        # before `pitched_percussion` changed; the parts it holds are recorded beside it.
+        parts = dest.with_name(dest.name + ".parts.json")
+        want = json.dumps([p.relative_to(track_dir).as_posix() for p in drum_files])
+        if not dest.exists() or not parts.exists() or parts.read_text() != want:
             try:
                 length = max(audio_info(p)[2] for p in all_files)
                 audio, sr = sum_stems(drum_files, length)
             except ValueError as err:
                 return reject("unreadable", str(err))
             write_wav(dest, audio, sr)
+            parts.write_text(want)
         raw_ids = (archive_raw_id,) if archive_raw_id else tuple(
             self.raw_id(p.relative_to(root).as_posix()) for p in drum_files)
         stem = probe_stem(self.name, track, "drums", "drums", "isolated", split, self.info.licence, dest,

@@ -170,7 +170,10 @@ class TestMoisesPitchedPercussion:
         [reject] = default.rejects
         assert (reject.item, reject.reason) == (only, "only_pitched_percussion")
 
-        kept = ingest(get_source("moisesdb", location=root, pitched_percussion=True), tmp_path / "b").consolidated
+        # Same data folder: the stem summed without the glockenspiel is redone, not reused.
+        before = Path(next(s.path for s in default.stems)).read_bytes()
+        kept = ingest(get_source("moisesdb", location=root, pitched_percussion=True), tmp_path / "a").consolidated
+        assert Path(next(s.path for s in kept.stems if s.track == self.UUID)).read_bytes() != before
         parts = {t.track: json.loads(t.meta_json)["drum_parts"] for t in kept.tracks}
         assert parts == {self.UUID: ["drums/d1.wav", "percussion/p1.wav", "percussion/p2.wav"],
                          only: ["percussion/p3.wav"]}
