@@ -60,6 +60,8 @@ step "generating drums: two rhythm gestures x two kits"
 "$PY" -m pipelines.demo.showcase --checkpoint "$RUN_DIR/checkpoints/latest.pt" \
     --corpus data/demo/raw/hydrogen/demo --catalogue "$CATALOGUE" --out "$OUT"
 
+step "dataset card of the training run: python -m pipelines.catalogue card --run demo"; "$PY" -m pipelines.catalogue card --run demo --db "$CATALOGUE"
+
 cat <<EOF
 
 ==> done in $(( $(date +%s) - t0 )) s. Where everything is:

@@ -417,9 +417,14 @@ class _Transaction:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: `python -m pipelines.catalogue QUERY [--db PATH] [--param k=v ...]`."""
+    """CLI: `python -m pipelines.catalogue QUERY [--db PATH] [--param k=v ...]`, or `card --run RUN`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["card"]:  # the dataset card of a training run (tria/card.py)
+        from tria.card import main as card_main
+
+        return card_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m pipelines.catalogue", description=__doc__.split("\n")[0])
-    parser.add_argument("query", nargs="?", help=f"one of: {', '.join(list_queries())}")
+    parser.add_argument("query", nargs="?", help=f"one of: {', '.join(list_queries())}; or `card --run RUN`")
     parser.add_argument("--db", default="data/catalogue.duckdb", help="catalogue file")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="query variable, repeatable")

@@ -3,9 +3,11 @@
     python -m tria.app --checkpoint runs/x/checkpoints/latest.pt [--host 127.0.0.1] [--port 7860]
 
 The page binds 127.0.0.1 by default, so only this machine can open it; pass `--host 0.0.0.0` to
-serve a network (there is no authentication). It never reaches the internet: Gradio analytics
-and its version check are off, there is no share link, Hugging Face Hub is set offline, and the
-default theme's fonts are served by Gradio itself.
+serve a network (there is no authentication). It never reaches the internet (except, once, to
+fetch an authors' release given by name as `--checkpoint`): Gradio analytics and its version
+check are off, there is no share link, Hugging Face Hub is set offline, and the default theme's
+fonts are served by Gradio itself. `--checkpoint` also takes the authors' own `model.pt`
+(with `--codec-weights` their `dac_44.1kHz_7.7kbps.pt`).
 
 Controls are the authors' app's (SPEC 6.3, `app` column): seed, number of outputs (seeds seed+i),
 iterations per codebook, top-p (1 = off), temperature, CFG scale (0 = off), causal bias, mask
@@ -29,8 +31,8 @@ import numpy as np
 from tria.audio import load_audio
 from tria.checkpoint import CheckpointError
 from tria.generate import (
-    SAMPLE_RATE, GenerateError, LoadedCheckpoint, features_picture, generate_drums, have_matplotlib,
-    load_for_generation,
+    SAMPLE_RATE, GenerateError, LoadedCheckpoint, add_checkpoint_args, checkpoint_options, features_picture,
+    generate_drums, have_matplotlib, load_for_generation,
 )
 from tria.sampling import DecodeStep, SamplerConfig
 
@@ -160,12 +162,11 @@ def build_app(loaded: LoadedCheckpoint, duration_s: float = 6.0):
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tria.app", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="a TRIA checkpoint (tria-checkpoint-v1)")
+    add_checkpoint_args(ap)
     ap.add_argument("--host", default="127.0.0.1",
                     help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 serves the network, "
                          "with no authentication)")
     ap.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    ap.add_argument("--codec-weights", help="DAC weights file, when the checkpoint's codec is a file")
     ap.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
     ap.add_argument("--duration", type=float, default=6.0,
                     help="token buffer in seconds (default 6.0: up to 2 s of timbre, then the rhythm)")
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        loaded = load_for_generation(args.checkpoint, args.codec_weights, args.device)
+        loaded = load_for_generation(args.checkpoint, **checkpoint_options(args))
     except (CheckpointError, GenerateError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from tria.audio import AudioError, check_audio, load_audio, resample, save_audio
-from tria.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+from tria.checkpoint import RELEASES, CheckpointError, build_model_from_checkpoint, load_checkpoint, resolve_checkpoint
 from tria.codec import Codec, codec_from_id, resolve_device
 from tria.features import RhythmFeatureConfig, align_features, normalize_level, peak_limit, rhythm_features, rms_db
 from tria.model import TRIA
@@ -43,6 +43,7 @@ from tria.sampling import DecodeStep, SamplerConfig, generate, prompt_layout
 __all__ = [
     "GenerateError", "LoadedCheckpoint", "load_for_generation", "prepare_prompts", "generate_drums",
     "filter_rhythm", "features_figure", "features_picture", "save_features_plot", "PRESETS", "main",
+    "add_checkpoint_args", "checkpoint_options",
 ]
 
 SAMPLE_RATE = 44_100
@@ -87,21 +88,28 @@ class LoadedCheckpoint:
 
 
 def load_for_generation(checkpoint: str | Path, codec_weights: str | Path | None = None,
-                        device: str = "cpu") -> LoadedCheckpoint:
+                        device: str = "cpu", model_config: Any = None, features: Any = None) -> LoadedCheckpoint:
     """Load a checkpoint, check its feature config, and rebuild the codec its tokens came from.
 
     Args:
-        checkpoint: a "tria-checkpoint-v1" file.
+        checkpoint: a "tria-checkpoint-v1" file, an authors' state dict (`model.pt`), or the name
+            of an authors' release (`tria.checkpoint.RELEASES`), downloaded once into the cache.
         codec_weights: DAC weights file, needed when the checkpoint's codec is a file
-            ("dac-file-<digest>", checked against the file) and optional for the official one.
+            ("dac-file-<digest>", checked against the file) and optional for the official one (an
+            authors' checkpoint uses it: their `dac_44.1kHz_7.7kbps.pt`, or that release's name).
         device: "cpu", "cuda", or "auto".
+        model_config, features: for an authors' state dict: its `TRIA(**config)` keys (default:
+            inferred from the tensors) and rhythm features (default: the release preset).
 
     Raises:
         CheckpointError: missing/corrupt file, or a feature config inconsistent with the checkpoint.
         GenerateError: the codec cannot be had or does not match the checkpoint's `codec_id`.
     """
     device = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    checkpoint = resolve_checkpoint(checkpoint)
+    if codec_weights is not None:
+        codec_weights = resolve_checkpoint(codec_weights)
+    ckpt = load_checkpoint(checkpoint, map_location="cpu", model_config=model_config, features=features)
     model = build_model_from_checkpoint(ckpt).to(device)
     try:
         features = RhythmFeatureConfig.from_dict(ckpt["features"])
@@ -369,10 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rhythm prompt: tapping, beatboxing, any percussion")
     ap.add_argument("--timbre", required=True, type=Path,
                     help="timbre prompt: a drum recording (first 2 s used)")
-    ap.add_argument("--checkpoint", required=True, type=Path, help="a TRIA checkpoint (tria-checkpoint-v1)")
+    add_checkpoint_args(ap)
     ap.add_argument("--out", required=True, type=Path, help="output wav; with --n-outputs N, <out>_<i>.wav")
-    ap.add_argument("--codec-weights", type=Path,
-                    help="DAC weights file, when the checkpoint's codec is a file (its digest is checked)")
     ap.add_argument("--seed", type=int, default=0, help="output i uses seed + i (0)")
     ap.add_argument("--n-outputs", type=int, default=1, help="number of variations (1)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="train",
@@ -388,6 +394,38 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--plot", type=Path, help="also write a PNG of the prompt's and results' rhythm features")
     ap.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
     return ap
+
+
+def add_checkpoint_args(ap: argparse.ArgumentParser) -> None:
+    """The checkpoint flags the CLI and the page share."""
+    ap.add_argument("--checkpoint", required=True,
+                    help="a TRIA checkpoint (tria-checkpoint-v1), an authors' model.pt, or an authors' release "
+                         "name, downloaded once into ~/.cache/tria: " + ", ".join(n for n in RELEASES if "dac" not in n))
+    ap.add_argument("--codec-weights",
+                    help="DAC weights file (DAC's own format): needed when the checkpoint's codec is a file (its "
+                         "digest is checked); for an authors' checkpoint their dac_44.1kHz_7.7kbps.pt (or that name)")
+    ap.add_argument("--model-config", type=Path,
+                    help="authors' checkpoint only: YAML/JSON of its TRIA(**config) keys (default: from the tensors)")
+    ap.add_argument("--features", default=None,
+                    help="authors' checkpoint only: rhythm features it was trained with: release (default), paper, "
+                         "or a YAML/JSON file of RhythmFeatureConfig fields")
+
+
+def checkpoint_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`load_for_generation` keyword arguments from `add_checkpoint_args` flags."""
+    import yaml
+
+    def read(path: Path) -> Any:
+        try:
+            return yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise CheckpointError(f"cannot read {path}: {e}") from e
+
+    features = args.features
+    if features is not None and features not in ("release", "paper"):
+        features = read(Path(features))
+    return {"codec_weights": args.codec_weights, "device": args.device, "features": features,
+            "model_config": read(args.model_config) if args.model_config else None}
 
 
 def sampler_from_args(args: argparse.Namespace) -> SamplerConfig:
@@ -416,7 +454,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     rhythm, r_sr = load_audio(args.rhythm)
     timbre, t_sr = load_audio(args.timbre)
     prepare_prompts(rhythm, r_sr, timbre, t_sr, args.duration, args.duration / 3)  # fail before the slow part
-    loaded = load_for_generation(args.checkpoint, args.codec_weights, args.device)
+    loaded = load_for_generation(args.checkpoint, **checkpoint_options(args))
     print(f"[tria.generate] {loaded.describe()}", flush=True)
     print(f"[tria.generate] sampler ({args.preset} preset): {sampler}", flush=True)
     total = sum(v["iterations"] for v in sampler.per_codebook(loaded.model.cfg.n_codebooks))

@@ -17,6 +17,11 @@ Resume exactly where a run stopped (model, optimiser, scheduler, scaler, RNG, da
 
     python -m tria.train conf/train/paper_2b.yaml --resume
 
+Fine-tune from a checkpoint (ours, an authors' `model.pt`, or an authors' release by name): its
+weights start the run, and its architecture and rhythm-feature config replace the config's::
+
+    python -m tria.train conf/train/release_2b.yaml init_from=small_musdb_moises_fsl_2b
+
 The shards come from the catalogue (split, tiers, config ids); every rank-0 side effect (MLflow,
 checkpoints, samples, catalogue rows) happens in one place: ``Trainer.is_main``.
 """
@@ -41,7 +46,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tria  # noqa: F401  (torchaudio placeholder)
-from tria.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tria.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
 from tria.codec import CodecConfig, resolve_device
 from tria.config import ConfigError, apply_overrides, from_dict, load_yaml, resolve_path, to_dict
 from tria.curriculum import CurriculumConfig, allowed_codebooks, codebook_weights
@@ -122,6 +127,9 @@ class TrainConfig:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    # A checkpoint whose weights start training (fine-tuning): a file (ours or an authors' model.pt)
+    # or an authors' release name. Its architecture and feature config replace `model`/`features`.
+    init_from: str = ""
 
     def path(self, p: str) -> Path:
         return resolve_path(self.root, p)
@@ -138,6 +146,41 @@ class TrainConfig:
 
 def load_train_config(path: str | None, overrides: list[str]) -> TrainConfig:
     return from_dict(TrainConfig, apply_overrides(load_yaml(path) if path else {}, overrides))
+
+
+TRAINING_ONLY_FIELDS = ("p_dropout", "p_token_dropout")  # the run's own, not the checkpoint's
+
+
+def apply_init_from(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, torch.Tensor] | None]:
+    """The config a fine-tuning run trains with, and the weights it starts from (None without `init_from`).
+
+    The checkpoint's architecture replaces the model section (dropouts stay the run's: its size
+    preset and overrides), and the rhythm features it was trained with replace `features`, so the
+    run reads shards made with those features. Its codec must be the run's: tokens of another codec
+    would be meaningless to it.
+
+    Raises:
+        CheckpointError: unreadable checkpoint, or a codec other than the run's.
+    """
+    if not cfg.init_from:
+        return cfg, None
+    local = cfg.path(cfg.init_from)
+    ckpt = load_checkpoint(resolve_checkpoint(local if local.exists() else cfg.init_from), map_location="cpu")
+    if ckpt["codec_id"] != cfg.codec.config_id:
+        raise CheckpointError(f"init_from {cfg.init_from}: its tokens come from codec {ckpt['codec_id']}, this run's "
+                              f"codec is {cfg.codec.config_id}; set codec to the checkpoint's")
+    try:
+        features = RhythmFeatureConfig.from_dict(ckpt["features"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"init_from {cfg.init_from}: invalid rhythm-feature config: {e}") from e
+    arch = {k: v for k, v in ckpt["model_config"].items() if k not in TRAINING_ONLY_FIELDS}
+    keep = {k: v for k, v in cfg.model.overrides.items() if k in TRAINING_ONLY_FIELDS}
+    if features.config_id != cfg.features.config_id:
+        print(f"[train] init_from: training with the checkpoint's features {features.config_id} "
+              f"(the config had {cfg.features.config_id})", flush=True)
+    cfg = dataclasses.replace(cfg, features=features,
+                              model=dataclasses.replace(cfg.model, overrides={**arch, **keep}))
+    return cfg, ckpt["model"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +273,7 @@ class State:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False):
+        cfg, self._init_weights = apply_init_from(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.dist = init_distributed(self.device)
@@ -255,7 +299,13 @@ class Trainer:
 
     def _build_state(self, train_specs: list[ShardSpec]) -> State:
         cfg = self.cfg
-        model = TRIA(cfg.model_config()).to(self.device)
+        model = TRIA(cfg.model_config())
+        if self._init_weights is not None:
+            model.load_state_dict(self._init_weights)
+            self._init_weights = None
+            if self.is_main:
+                print(f"[train] initialised from {cfg.init_from}", flush=True)
+        model = model.to(self.device)
         ddp = DDP(model, device_ids=[self.dist.local_rank] if self.device.startswith("cuda") else None) \
             if self.dist.enabled else model
         o = cfg.optim
@@ -294,7 +344,21 @@ class Trainer:
         (self.run_dir / "shards.json").write_text(json.dumps(self.selection, indent=1))
         logger.log_artifact(self.run_dir / "shards.json")
         self._record_in_catalogue()
+        self._log_dataset_card(logger)
         return logger
+
+    def _log_dataset_card(self, logger) -> None:
+        """Write this run's dataset card (tria/card.py) next to its checkpoints and log it to MLflow."""
+        from tria.card import write_card
+
+        try:
+            path = write_card(self.cfg.path(self.cfg.data.catalogue), self.state.mlflow_run_id or f"local-{self.cfg.name}",
+                              self.run_dir / "dataset_card.md")
+        except Exception as e:  # the catalogue is locked by a running pipeline: training still proceeds
+            print(f"[train] warning: could not write the dataset card: {e}", flush=True)
+            return
+        logger.log_artifact(path)
+        print(f"[train] dataset card: {path}", flush=True)
 
     def _record_in_catalogue(self) -> None:
         from pipelines.catalogue import Catalogue

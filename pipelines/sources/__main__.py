@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_ingest.add_argument("name", choices=list_sources())
     p_ingest.add_argument("--data", default="data", help="data root (raw/ and stems/ go under it)")
     p_ingest.add_argument("--db", help="catalogue file to record rows in")
-    p_ingest.add_argument("--location", help="archive or folder for manual/local sources")
+    p_ingest.add_argument("--location", help="an archive or folder you already have: replaces the download")
     p_ingest.add_argument("--config", help="registry YAML (default conf/sources.yaml)")
     p_ingest.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)

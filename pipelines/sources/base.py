@@ -33,7 +33,7 @@ import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -66,6 +66,7 @@ __all__ = [
     "StemRow",
     "TrackRow",
     "audio_info",
+    "authors_split",
     "display_name",
     "entry_problem",
     "hash_split",
@@ -125,13 +126,17 @@ class SourceInfo:
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One file to download. `size`/`sha256` are checked when known (None = unknown)."""
+    """One file to download. `size`, `sha256` and `md5` are checked when known (None = unknown).
+
+    `md5` is there because some hosts (Zenodo) publish only an md5 of their files.
+    """
 
     url: str
     filename: str
     size: int | None = None
     sha256: str | None = None
     extract: bool = True
+    md5: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RemoteFile":
@@ -142,6 +147,7 @@ class RemoteFile:
             size=int(data["size"]) if data.get("size") is not None else None,
             sha256=str(data["sha256"]).lower() if data.get("sha256") else None,
             extract=bool(data.get("extract", True)),
+            md5=str(data["md5"]).lower() if data.get("md5") else None,
         )
 
 
@@ -159,17 +165,25 @@ class Source(ABC):
 
     Args:
         files: what to download (from `conf/sources.yaml`); empty for manual/local sources.
-        location: a user-provided archive or folder (manual downloads, local folders).
+        location: an archive or folder the user already has. It replaces the downloads: with a
+            `location`, nothing is fetched. An archive named like one of `files` is checked
+            against that entry's size and digests, unless `sha256` is given.
         split_ratios: train/val/test fractions for corpora without an official split.
         sha256: expected digest of a `location` archive (checked before extraction), if known.
+        split_mode: "hash" (a hash of the track name: stable when files are added) or "authors"
+            (the authors' `create_manifests`: see `authors_split`); adapters may add their own.
+        train_on: the source's own splits whose tracks the catalogue labels "train" (the
+            authors' configs train on more than one split, e.g. MUSDB train + test); the
+            other splits keep their name. Each track's own split stays in its `meta_json`.
         options: must be empty: subclasses take their settings as named arguments, and pass the
             rest here so that a misspelt setting is an error, not silently ignored.
 
     Raises:
-        ValueError: unknown options, or bad split ratios.
+        ValueError: unknown options, bad split ratios, split mode or `train_on`.
     """
 
     info: ClassVar[SourceInfo]
+    SPLIT_MODES: ClassVar[tuple[str, ...]] = ("hash", "authors")
 
     def __init__(
         self,
@@ -177,12 +191,22 @@ class Source(ABC):
         location: str | os.PathLike | None = None,
         split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
         sha256: str | None = None,
+        split_mode: str = "hash",
+        train_on: Sequence[str] = ("train",),
         **options: Any,
     ) -> None:
         if options:
             raise ValueError(f"{self.info.name}: unknown options {sorted(options)}")
         if len(split_ratios) != 3 or any(r < 0 for r in split_ratios) or sum(split_ratios) <= 0:
             raise ValueError(f"split_ratios must be 3 non-negative numbers, got {split_ratios}")
+        if split_mode not in self.SPLIT_MODES:
+            raise ValueError(f"{self.info.name}: split_mode must be one of {list(self.SPLIT_MODES)}, "
+                             f"got {split_mode!r}")
+        if "train" not in train_on or set(train_on) - set(SPLITS):
+            raise ValueError(f"{self.info.name}: train_on must list splits of {SPLITS} including 'train', "
+                             f"got {list(train_on)}")
+        self.split_mode = split_mode
+        self.train_on = tuple(train_on)
         self.files = tuple(files)
         # Absolute, so catalogue paths stay valid for jobs that run in another working directory.
         self.location = Path(location).expanduser().resolve() if location else None
@@ -204,9 +228,10 @@ class Source(ABC):
         """Download (or locate) and verify the raw files; extract archives. Resumable.
 
         Downloads `self.files` (a complete file is not fetched again) and extracts archives to
-        `dest_dir/extracted/<archive name>/`. A user-given `location` (manual downloads, local
-        folders) is used in place: a folder is read where it is, an archive is checked against
-        `sha256` when given and extracted like a download.
+        `dest_dir/extracted/<archive name>/`. A user-given `location` replaces the downloads and
+        is used in place: a folder is read where it is, an archive is checked (against `sha256`,
+        and against the size and digests of the download of the same file name) and extracted
+        like a download. Nothing is fetched then.
 
         Args:
             dest_dir: the source's raw folder (`<data>/raw/<source>`).
@@ -228,13 +253,13 @@ class Source(ABC):
                     f"then pass location=<archive or folder> for source {self.name!r}"
                 )
             raise ValueError(f"source {self.name!r} has nothing to fetch: set files or location")
-        rows = self._fetch_location(dest_dir) if self.location is not None else []
+        if self.location is not None:
+            return self._fetch_location(dest_dir)
         config = DownloadConfig(**download_options)
-        rows += [fetch_and_extract(self.name, f, dest_dir, config) for f in self.files]
-        return rows
+        return [fetch_and_extract(self.name, f, dest_dir, config) for f in self.files]
 
     def _fetch_location(self, dest_dir: Path) -> list[RawFileRow]:
-        from pipelines.stages.download import ChecksumError, archive_stem, extract
+        from pipelines.stages.download import ChecksumError, archive_stem, extract, md5_file
 
         loc = self.location
         assert loc is not None
@@ -252,6 +277,14 @@ class Source(ABC):
         digest = _cached_sha256(loc, dest_dir / "location.sha256")
         if self.sha256 and digest != self.sha256:
             raise ChecksumError(f"{loc}: sha256 {digest} does not match the expected {self.sha256}")
+        published = next((f for f in self.files if f.filename == loc.name), None)
+        if published is not None and not self.sha256:  # a copy of a file we would download: same checks
+            if published.size is not None and loc.stat().st_size != published.size:
+                raise ChecksumError(f"{loc}: {loc.stat().st_size} bytes, the published {loc.name} has {published.size}")
+            if published.sha256 and digest != published.sha256:
+                raise ChecksumError(f"{loc}: sha256 {digest} does not match the published {published.sha256}")
+            if published.md5 and md5_file(loc) != published.md5:
+                raise ChecksumError(f"{loc}: md5 does not match the published {published.md5}")
         extract(loc, dest_dir / "extracted" / stem)
         return [RawFileRow(source=self.name, name=loc.name, path=str(loc), size=loc.stat().st_size,
                            sha256=digest)]
@@ -266,9 +299,10 @@ class Source(ABC):
 
         if self.location is not None and self.location.is_dir():
             return [(self.location, None)]
-        archives = {archive_stem(f.filename): f"downloads/{f.filename}" for f in self.files}
-        if self.location is not None:
-            archives[archive_stem(self.location.name)] = self.location.name
+        if self.location is not None:  # the user's archive replaces the downloads
+            archives = {archive_stem(self.location.name): self.location.name}
+        else:
+            archives = {archive_stem(f.filename): f"downloads/{f.filename}" for f in self.files}
         extracted = Path(raw_dir) / "extracted"
         return [
             (extracted / stem, stable_id(self.name, name))
@@ -285,8 +319,25 @@ class Source(ABC):
         """Write stems in the common layout under `out_dir` and return their rows."""
 
     def split_of(self, key: str) -> str:
-        """Deterministic split of a track for corpora without an official split."""
+        """Hash split of a track (stable whatever other tracks exist)."""
         return hash_split(f"{self.name}|{key}", self.split_ratios)
+
+    def assign_splits(self, keys: Mapping[str, str]) -> dict[str, str]:
+        """The source's own split of every track, by `split_mode`.
+
+        Args:
+            keys: track -> the path the authors' manifest script would list for it (relative to
+                the corpus root, e.g. `train/<track>/mixture.wav`); "authors" mode sorts and
+                permutes these, "hash" mode uses the track names only.
+        """
+        if self.split_mode == "authors":
+            by_key = authors_split(keys.values(), self.split_ratios)
+            return {track: by_key[key] for track, key in keys.items()}
+        return {track: self.split_of(track) for track in keys}
+
+    def catalogue_split(self, own: str) -> str:
+        """The catalogue's split of a track whose own split is `own` ("train" if in `train_on`)."""
+        return "train" if own in self.train_on else own
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,8 +347,8 @@ class Source(ABC):
 def hash_split(key: str, ratios: Sequence[float] = (0.8, 0.1, 0.1)) -> str:
     """Split from a hash of `key`: stable whatever the file order or the number of files.
 
-    The authors split each manifest randomly 80/10/10 with seed 0 (SPEC 5.1); a hash keeps the
-    same proportions but does not move a track when files are added.
+    This is NOT the authors' split (see `authors_split`): it keeps their proportions only, and
+    never moves a track when files are added.
     """
     total = float(sum(ratios))
     u = int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) / 0x1_0000_0000
@@ -307,6 +358,31 @@ def hash_split(key: str, ratios: Sequence[float] = (0.8, 0.1, 0.1)) -> str:
         if u < edge:
             return split
     return SPLITS[-1]
+
+
+def authors_split(
+    paths: Iterable[str], ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, str]:
+    """The authors' manifest split (`tria/data/preprocess.py::create_manifests`, SPEC 5.1).
+
+    Their algorithm: sort the file paths by their lower-cased text, permute the indices with
+    `numpy.random.RandomState(seed).permutation(n)`, give the first floor(p_train * n) to train,
+    the next floor(p_val * n) to val and the rest to test. They sort absolute paths under one
+    corpus folder, so passing the paths relative to that folder gives the same order.
+
+    Returns:
+        path -> "train" | "val" | "test".
+    """
+    paths = sorted(set(paths), key=lambda p: str(p).lower())
+    n = len(paths)
+    total = float(sum(ratios))
+    p_train, p_val = ratios[0] / total, ratios[1] / total
+    n_train, n_val = int(np.floor(p_train * n)), int(np.floor(p_val * n))
+    order = np.random.RandomState(seed).permutation(n)
+    out = {}
+    for rank, i in enumerate(order):
+        out[paths[int(i)]] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+    return out
 
 
 def slug(text: str) -> str:

@@ -96,6 +96,8 @@ class Hydrogen(Source):
         "stereo 44.1 kHz loops; procedural kits stand in when apt is unavailable.",
     )
 
+    SPLIT_MODES = ("hash",)  # no "authors" split: the authors never used this corpus
+
     def __init__(
         self,
         files: Sequence[RemoteFile] = (),

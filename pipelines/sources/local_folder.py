@@ -48,6 +48,8 @@ class AudioFolderSource(Source):
         min_duration_s: shorter files are rejected ("too_short").
     """
 
+    SPLIT_MODES = ("hash",)  # no "authors" split: the authors never used these corpora
+
     default_include: ClassVar[tuple[str, ...]] = ("*",)
 
     def __init__(

@@ -8,7 +8,9 @@ Layout: the audio comes in 100 tars, `raw_30s_audio-NN.tar`, each holding `NN/<i
 metadata TSV (`raw_30s_cleantags.tsv` from the dataset's GitHub repository) has the columns
 TRACK_ID, ARTIST_ID, ALBUM_ID, PATH (`NN/<id>.mp3`), DURATION, then one column per tag.
 Choose which tars to fetch with `parts` (each is several GB); songs missing from the TSV are
-rejected when a TSV is present.
+rejected when a TSV is present. Every tar is checked against the sha256 the dataset publishes
+(`data/download/raw_30s_audio_sha256_tars.txt` in its repository, copied to
+`pipelines/sources/data/mtg_jamendo_raw_30s_audio_sha256.txt`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,17 @@ from pipelines.sources.base import (
 )
 
 AUDIO_URL = "https://cdn.freesound.org/mtg-jamendo/raw_30s/audio/raw_30s_audio-{part:02d}.tar"
+SHA256_LIST = Path(__file__).resolve().parent / "data" / "mtg_jamendo_raw_30s_audio_sha256.txt"
+
+
+def published_sha256(path: Path = SHA256_LIST) -> dict[str, str]:
+    """File name -> sha256 of the audio tars, from the dataset's published list."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            digest, name = line.split()
+            out[name] = digest.lower()
+    return out
 
 
 class MTGJamendo(Source):
@@ -41,6 +54,8 @@ class MTGJamendo(Source):
         parts: tar numbers (0-99) to download, added to `files` from `audio_url`.
         audio_url: URL template of a tar, with `{part}`.
     """
+
+    SPLIT_MODES = ("hash",)
 
     info = SourceInfo(
         name="mtg_jamendo",
@@ -65,15 +80,18 @@ class MTGJamendo(Source):
         bad = [p for p in parts if not 0 <= int(p) <= 99]
         if bad:
             raise ValueError(f"mtg_jamendo: parts must be in 0..99, got {bad}")
-        tars = [RemoteFile(url=audio_url.format(part=int(p)), filename=f"raw_30s_audio-{int(p):02d}.tar")
-                for p in parts]
+        sha256 = published_sha256() if parts else {}
+        names = [f"raw_30s_audio-{int(p):02d}.tar" for p in parts]
+        tars = [RemoteFile(url=audio_url.format(part=int(p)), filename=name, sha256=sha256[name])
+                for p, name in zip(parts, names)]
         super().__init__(files=[*files, *tars], location=location, split_ratios=split_ratios, **options)
 
     def _metadata(self, raw_dir: Path) -> dict[str, dict[str, Any]] | None:
         """TSV rows by PATH (`NN/<id>.mp3`), or None when no TSV was fetched."""
         candidates = sorted((raw_dir / "downloads").glob("*.tsv"))
-        if self.location is not None and self.location.is_dir():
-            candidates += sorted(self.location.rglob("*.tsv"))
+        if self.location is not None:  # a folder, or an archive extracted under raw_dir
+            candidates += sorted(self.location.rglob("*.tsv")) if self.location.is_dir() else \
+                sorted((raw_dir / "extracted").rglob("*.tsv"))
         if not candidates:
             return None
         rows: dict[str, dict[str, Any]] = {}

@@ -5,8 +5,14 @@ under `test/` (100 + 50 tracks, 44.1 kHz stereo WAV). The drum stem is a real is
 so its tier is "isolated". The mixture can be kept too (`stems: [drums, mixture]`), as a "mix"
 stem whose drums would come from Demucs ("separated").
 
-Splits: the official train/test folders by default. `split_mode: hash` instead pools all 150
-tracks and splits them 80/10/10, as the authors' manifests do (SPEC 5.1).
+Splits (`split_mode`):
+* "official" (default): the archive's train/test folders, with the 14 tracks that the `musdb`
+  package lists as `validation_tracks` (sigsep-mus-db, `musdb/configs/mus.yaml`) moved from
+  train to val: train 86 / val 14 / test 50.
+* "authors": the authors' manifests (`scripts/setup/create_manifests.py`): all 150 tracks pooled,
+  their `mixture.wav` paths sorted and permuted with seed 0 (`base.authors_split`): 120/15/15.
+  Their configs train on train + test and validate on val (`train_on: [train, test]`).
+* "hash": pooled, 80/10/10 by a hash of the track name.
 """
 
 from __future__ import annotations
@@ -29,6 +35,14 @@ from pipelines.sources.base import (
 )
 
 OFFICIAL_SPLITS = ("train", "test")
+# musdb's validation tracks (sigsep-mus-db, musdb/configs/mus.yaml: `validation_tracks`), all in train/.
+VALIDATION_TRACKS = frozenset({
+    "Actions - One Minute Smile", "Clara Berry And Wooldog - Waltz For My Victims",
+    "Johnny Lokke - Promises & Lies", "Patrick Talbot - A Reason To Leave", "Triviul - Angelsaint",
+    "Alexander Ross - Goodbye Bolero", "Fergessen - Nos Palpitants", "Leaf - Summerghost",
+    "Skelpolu - Human Mistakes", "Young Griffo - Pennies", "ANiMAL - Rockshow", "James May - On The Line",
+    "Meaxic - Take A Step", "Traffic Experiment - Sirens",
+})
 # stem file name in the archive -> (stem name in our layout, role, tier)
 KEEPABLE = {"drums": ("drums", "drums", "isolated"), "mixture": ("mix", "mix", "separated")}
 
@@ -38,8 +52,11 @@ class MUSDB18HQ(Source):
 
     Args:
         stems: which archive stems to keep: "drums" and/or "mixture".
-        split_mode: "official" (train/test folders) or "hash" (80/10/10 over all tracks).
+        split_mode: "official" (train/val/test as the musdb package), "authors" or "hash".
+        train_on: the splits labelled "train" in the catalogue (`Source`).
     """
+
+    SPLIT_MODES = ("official", "authors", "hash")
 
     info = SourceInfo(
         name="musdb18hq",
@@ -61,15 +78,13 @@ class MUSDB18HQ(Source):
         split_mode: str = "official",
         **options: Any,
     ) -> None:
-        super().__init__(files=files, location=location, split_ratios=split_ratios, **options)
+        super().__init__(files=files, location=location, split_ratios=split_ratios, split_mode=split_mode,
+                         **options)
         unknown = set(stems) - set(KEEPABLE)
         if unknown or not stems:
             raise ValueError(
                 f"musdb18hq: stems must be a non-empty subset of {sorted(KEEPABLE)}, got {stems}")
-        if split_mode not in ("official", "hash"):
-            raise ValueError(f"musdb18hq: split_mode must be 'official' or 'hash', got {split_mode!r}")
         self.stems = tuple(stems)
-        self.split_mode = split_mode
 
     def _split_dirs(self, root: Path) -> list[tuple[str, Path]]:
         """`(official split, folder)` pairs; the archive may or may not wrap them in a folder."""
@@ -79,29 +94,45 @@ class MUSDB18HQ(Source):
                 return found
         return []
 
+    def _own_splits(self, track_dirs: list[tuple[str, Path]]) -> dict[str, str]:
+        """`official/track` -> the track's split under `split_mode`."""
+        if self.split_mode == "official":
+            return {f"{o}/{d.name}": "val" if o == "train" and d.name in VALIDATION_TRACKS else o
+                    for o, d in track_dirs}
+        if self.split_mode == "hash":
+            return {f"{o}/{d.name}": self.split_of(d.name) for o, d in track_dirs}
+        # The authors list `mixture.wav` files: a track folder without one is not in their list.
+        own = self.assign_splits({f"{o}/{d.name}": f"{o}/{d.name}/mixture.wav" for o, d in track_dirs
+                                  if (d / "mixture.wav").is_file()})
+        # A track the authors never listed still needs a split: the held-out one.
+        return {f"{o}/{d.name}": own.get(f"{o}/{d.name}", "test") for o, d in track_dirs}
+
     def consolidate(self, raw_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Consolidated:
         """Link each kept stem to the common layout; a track missing a kept stem is rejected."""
         tracks, stems, rejects = [], [], []
         for root, archive_raw_id in self.raw_roots(raw_dir):
-            for official, split_dir in self._split_dirs(root):
-                for track_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-                    track = track_dir.name
-                    split = official if self.split_mode == "official" else self.split_of(track)
-                    missing = [s for s in self.stems if not (track_dir / f"{s}.wav").is_file()]
-                    if missing:
-                        rejects.append(RejectRow(
-                            what="track", item=f"{official}/{track}", stage="consolidate",
-                            reason="missing_stem", detail=", ".join(missing), source=self.name))
-                        continue
-                    for archive_stem in self.stems:
-                        stem, role, tier = KEEPABLE[archive_stem]
-                        src = track_dir / f"{archive_stem}.wav"
-                        raw_id = archive_raw_id or self.raw_id(src.relative_to(root).as_posix())
-                        dest = link_or_copy(src, stem_path(out_dir, split, track, stem))
-                        stems.append(probe_stem(self.name, track, stem, role, tier, split, self.info.licence,
-                                                dest, raw_ids=(raw_id,)))
-                    tracks.append(TrackRow(
-                        source=self.name, track=track, split=split, licence=self.info.licence,
-                        duration_s=stems[-1].duration_s, title=track,
-                        meta_json=json.dumps({"official_split": official})))
+            track_dirs = [(official, d) for official, split_dir in self._split_dirs(root)
+                          for d in sorted(p for p in split_dir.iterdir() if p.is_dir())]
+            own = self._own_splits(track_dirs)
+            for official, track_dir in track_dirs:
+                track = track_dir.name
+                split = self.catalogue_split(own[f"{official}/{track}"])
+                missing = [s for s in self.stems if not (track_dir / f"{s}.wav").is_file()]
+                if missing:
+                    rejects.append(RejectRow(
+                        what="track", item=f"{official}/{track}", stage="consolidate",
+                        reason="missing_stem", detail=", ".join(missing), source=self.name))
+                    continue
+                for archive_stem in self.stems:
+                    stem, role, tier = KEEPABLE[archive_stem]
+                    src = track_dir / f"{archive_stem}.wav"
+                    raw_id = archive_raw_id or self.raw_id(src.relative_to(root).as_posix())
+                    dest = link_or_copy(src, stem_path(out_dir, split, track, stem))
+                    stems.append(probe_stem(self.name, track, stem, role, tier, split, self.info.licence,
+                                            dest, raw_ids=(raw_id,)))
+                tracks.append(TrackRow(
+                    source=self.name, track=track, split=split, licence=self.info.licence,
+                    duration_s=stems[-1].duration_s, title=track,
+                    meta_json=json.dumps({"official_split": official,
+                                          "source_split": own[f"{official}/{track}"]})))
         return Consolidated(tracks=tuple(tracks), stems=tuple(stems), rejects=tuple(rejects))

@@ -1,9 +1,9 @@
 """Download stage: resumable, verified HTTP(S) downloads and safe archive extraction.
 
-* `download(url, dest, size=, sha256=)` writes to `dest.part`, resumes it with an HTTP Range
+* `download(url, dest, size=, sha256=, md5=)` writes to `dest.part`, resumes it with an HTTP Range
   request after a cut connection, retries transient failures (connection errors, timeouts,
-  HTTP 408/425/429/5xx) with exponential backoff, checks the expected size and sha256, and only
-  then renames `.part` to `dest`. A file under its final name is therefore always complete; a
+  HTTP 408/425/429/5xx) with exponential backoff, checks the expected size, sha256 and md5 (Zenodo
+  publishes only md5), and only then renames `.part` to `dest`. A file under its final name is therefore always complete; a
   second call finds it and fetches nothing.
 * `extract(archive, target_dir)` unpacks zip and tar (gz/bz2/xz) archives into a temporary folder
   renamed at the end, and refuses members that would land outside the target: `..` components,
@@ -92,6 +92,18 @@ class _Retryable(Exception):
         self.received = received
 
 
+def _digests(path: str | os.PathLike, chunk: int = 1 << 20) -> tuple[str, str]:
+    """Hex (sha256, md5) of a file, from one read."""
+    import hashlib
+
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            sha.update(block)
+            md5.update(block)
+    return sha.hexdigest(), md5.hexdigest()
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     import hashlib
@@ -103,32 +115,42 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def md5_file(path: str | os.PathLike) -> str:
+    """Hex md5 of a file (only to compare with a published md5, never as an id)."""
+    return _digests(path)[1]
+
+
 def _sidecar(dest: Path) -> Path:
     return dest.with_name(dest.name + ".sha256")
 
 
-def _write_sidecar(dest: Path, digest: str, size: int) -> None:
-    _sidecar(dest).write_text(f"{digest}  {size}\n")
+def _write_sidecar(dest: Path, digest: str, size: int, md5: str) -> None:
+    _sidecar(dest).write_text(f"{digest}  {size}  {md5}\n")
 
 
-def _read_sidecar(dest: Path) -> str | None:
-    """The digest recorded at verification, if the file still has the recorded size."""
+def _read_sidecar(dest: Path) -> tuple[str, str | None] | None:
+    """`(sha256, md5)` recorded at verification, if the file still has the recorded size."""
     try:
-        digest, size = _sidecar(dest).read_text().split()
-    except (OSError, ValueError):
+        fields = _sidecar(dest).read_text().split()
+        digest, size = fields[0], int(fields[1])
+    except (OSError, ValueError, IndexError):
         return None
-    return digest if int(size) == dest.stat().st_size else None
+    if size != dest.stat().st_size:
+        return None
+    return digest, fields[2] if len(fields) > 2 else None
 
 
-def _verify(path: Path, url: str, size: int | None, sha256: str | None) -> str:
-    """Check size and sha256 (when known); returns the actual sha256."""
+def _verify(path: Path, url: str, size: int | None, sha256: str | None, md5: str | None = None) -> tuple[str, str]:
+    """Check size, sha256 and md5 (each when known); returns the actual (sha256, md5)."""
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
         raise ChecksumError(f"{url}: expected {size} bytes, got {actual_size} ({path})")
-    digest = sha256_file(path)
+    digest, actual_md5 = _digests(path)
     if sha256 is not None and digest != sha256.lower():
         raise ChecksumError(f"{url}: sha256 mismatch: expected {sha256}, got {digest} ({path})")
-    return digest
+    if md5 is not None and actual_md5 != md5.lower():
+        raise ChecksumError(f"{url}: md5 mismatch: expected {md5}, got {actual_md5} ({path})")
+    return digest, actual_md5
 
 
 def download(
@@ -137,6 +159,7 @@ def download(
     size: int | None = None,
     sha256: str | None = None,
     config: DownloadConfig | None = None,
+    md5: str | None = None,
 ) -> DownloadResult:
     """Download `url` to `dest`, resumably, and verify it.
 
@@ -146,22 +169,26 @@ def download(
         size: expected size in bytes, if known.
         sha256: expected hex digest, if known.
         config: retries, timeouts, progress bar.
+        md5: expected hex md5, if known (for hosts that publish only md5).
 
     Returns:
         The verified file; `skipped=True` if it was already complete.
 
     Raises:
         DownloadError: HTTP error that is not retried, or retries exhausted.
-        ChecksumError: the content does not match `size`/`sha256` (after retries for sha256).
+        ChecksumError: the content does not match `size`/`sha256`/`md5` (after retries for digests).
     """
     config = config or DownloadConfig()
     dest = Path(dest)
     if dest.exists():
-        digest = _read_sidecar(dest)
-        if digest is None or (sha256 is not None and digest != sha256.lower()):
-            digest = _verify(dest, url, size, sha256)
-            _write_sidecar(dest, digest, dest.stat().st_size)
-        elif size is not None and dest.stat().st_size != size:
+        recorded = _read_sidecar(dest)
+        if (recorded is None or (sha256 is not None and recorded[0] != sha256.lower())
+                or (md5 is not None and recorded[1] != md5.lower())):
+            digest, actual_md5 = _verify(dest, url, size, sha256, md5)
+            _write_sidecar(dest, digest, dest.stat().st_size, actual_md5)
+        else:
+            digest = recorded[0]
+        if size is not None and dest.stat().st_size != size:
             raise ChecksumError(f"{url}: {dest} has {dest.stat().st_size} bytes, expected {size}; delete it")
         return DownloadResult(dest, dest.stat().st_size, digest, 0, skipped=True)
 
@@ -179,7 +206,7 @@ def download(
             time.sleep(min(config.backoff_s * 2 ** (failures - 1), config.backoff_max_s))
             continue
         try:
-            digest = _verify(part, url, size, sha256)
+            digest, actual_md5 = _verify(part, url, size, sha256, md5)
             break
         except ChecksumError:
             # Bad bytes cannot be located in the file, so start over from zero.
@@ -191,7 +218,7 @@ def download(
     final_size = part.stat().st_size
     with open(part, "rb+") as f:
         os.fsync(f.fileno())
-    _write_sidecar(dest, digest, final_size)
+    _write_sidecar(dest, digest, final_size, actual_md5)
     os.replace(part, dest)  # only a verified file gets the final name
     return DownloadResult(dest, final_size, digest, fetched, skipped=False)
 
@@ -384,7 +411,7 @@ def fetch_and_extract(
     if "/" in remote.filename or "\\" in remote.filename or remote.filename in ("", ".", ".."):
         raise ValueError(f"download filename must be a plain file name, got {remote.filename!r}")
     result = download(remote.url, Path(dest_dir) / "downloads" / remote.filename,
-                      size=remote.size, sha256=remote.sha256, config=config)
+                      size=remote.size, sha256=remote.sha256, config=config, md5=remote.md5)
     stem = archive_stem(remote.filename)
     if remote.extract and stem is not None:
         extract(result.path, Path(dest_dir) / "extracted" / stem)

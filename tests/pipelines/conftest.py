@@ -246,21 +246,31 @@ def moises_members() -> dict[str, bytes]:
     return members
 
 
+FSL_LOOPS = {
+    # sound id: (tags, seconds, sample rate, file suffix or None for no file)
+    "1001": (["drum", "loop", "hiphop"], 5.0, SR, ".wav.wav"),   # kept
+    "1002": (["drums", "beat"], 2.0, SR, ".wav.wav"),            # too_short
+    "1003": (["drum-loop"], 5.0, 16_000, ".aiff.wav"),           # low_sample_rate
+    "1004": (["drum", "guitar"], 5.0, SR, ".wav.wav"),           # excluded_tag
+    "1005": (["synth", "pad"], 5.0, SR, ".wav.wav"),             # no_drum_tag
+    "1006": ([" Drums ", "808"], 4.5, SR, ".aiff.wav"),          # kept: the .aiff.wav fallback
+    "1007": (["drum"], 5.0, SR, None),                           # missing_file
+}
+
+
 def fsl_zip() -> bytes:
-    """`FSL10K/metadata.json` + `FSL10K/audio/wav/<id>_<name>.wav` loops, one of each filter case."""
-    loops = {
-        "1001": (["drum", "loop", "hiphop"], 5.0, SR),      # kept
-        "1002": (["drums", "beat"], 2.0, SR),               # too_short
-        "1003": (["drum-loop"], 5.0, 16_000),               # low_sample_rate
-        "1004": (["drum", "guitar"], 5.0, SR),              # excluded_tag
-        "1005": (["synth", "pad"], 5.0, SR),                # no_drum_tag
-    }
+    """The real layout: `FSL10K/metadata.json` keyed by sound id (with `preview_url`) and
+    `FSL10K/audio/wav/<id>_<user>.<ext>.wav`; one loop per filter case, one file no entry names."""
     meta, members = {}, {}
-    for i, (loop_id, (tags, seconds, sr)) in enumerate(loops.items()):
+    for i, (loop_id, (tags, seconds, sr, suffix)) in enumerate(FSL_LOOPS.items()):
+        user = 500 + i
         meta[loop_id] = {"tags": tags, "license": "http://creativecommons.org/licenses/by/3.0/",
-                         "username": f"user{i}", "name": f"loop {loop_id}.wav"}
-        members[f"FSL10K/audio/wav/{loop_id}_loop{i}.wav"] = wav_bytes(tone(seconds, sr=sr, seed=i), sr=sr,
-                                                                      subtype="PCM_16")
+                         "username": f"user{i}", "name": f"loop {loop_id}.wav",
+                         "preview_url": f"https://freesound.org/data/previews/1/{loop_id}_{user}-hq.mp3"}
+        if suffix:
+            members[f"FSL10K/audio/wav/{loop_id}_{user}{suffix}"] = wav_bytes(tone(seconds, sr=sr, seed=i), sr=sr,
+                                                                             subtype="PCM_16")
+    members["FSL10K/audio/wav/9999_1.wav.wav"] = wav_bytes(tone(5.0, seed=42), subtype="PCM_16")  # no entry
     members["FSL10K/metadata.json"] = json.dumps(meta).encode()
     return make_zip(members)
 
@@ -305,6 +315,6 @@ def corpora():
 
     return SimpleNamespace(
         SR=SR, tone=tone, wav_bytes=wav_bytes, make_zip=make_zip, make_tar=make_tar, sha256=sha256,
-        musdb_zip=musdb_zip, moises_members=moises_members, MOISES_TRACKS=MOISES_TRACKS, fsl_zip=fsl_zip,
+        musdb_zip=musdb_zip, moises_members=moises_members, MOISES_TRACKS=MOISES_TRACKS, fsl_zip=fsl_zip, FSL_LOOPS=FSL_LOOPS,
         jamendo_files=jamendo_files, rirs_noises_zip=rirs_noises_zip, local_folder=local_folder,
     )

@@ -29,7 +29,8 @@ from pipelines.catalogue import (
 from pipelines.rows import excerpt_id, stable_id
 
 REPO = Path(__file__).resolve().parents[2]
-QUERIES = ["excerpt_lineage", "hours_by_source", "rejects_by_reason", "shards_of_split", "summary",
+QUERIES = ["card_rejects", "card_tracks",  # the dataset card's: tested in tests/tria/test_card.py
+           "excerpt_lineage", "hours_by_source", "rejects_by_reason", "shards_of_split", "summary",
            "training_run_inputs"]
 
 

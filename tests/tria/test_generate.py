@@ -35,13 +35,7 @@ def _timbre(seconds: float = 0.8) -> np.ndarray:
     return place([(0.0, kick()), (0.25, hat()), (0.5, kick())], seconds)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on 2 shared cores, 2 OpenMP threads wait on each other (6x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/tria/conftest.py
 
 
 @pytest.fixture(scope="module")

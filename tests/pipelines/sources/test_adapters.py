@@ -142,11 +142,15 @@ class TestFSL10K:
         data = corpora.fsl_zip()
         source = get_source("fsl10k", files=[_remote(corpus_server, "FSL10K.zip", data, corpora.sha256(data))])
         result = ingest(source, tmp_path, **QUIET)
-        [stem] = result.consolidated.stems
-        assert (stem.track, stem.tier, stem.licence, stem.duration_s) == ("1001", "isolated", "CC-BY-3.0", 5.0)
-        reasons = {r.item.rsplit("/", 1)[-1].split("_")[0]: r.reason for r in result.consolidated.rejects}
-        assert reasons == {"1002": "too_short", "1003": "low_sample_rate", "1004": "excluded_tag",
-                           "1005": "no_drum_tag"}
+        stems = {s.track: s for s in result.consolidated.stems}
+        assert sorted(stems) == ["1001", "1006"]
+        assert (stems["1001"].tier, stems["1001"].licence, stems["1001"].duration_s) == ("isolated", "CC-BY-3.0", 5.0)
+        track = next(t for t in result.consolidated.tracks if t.track == "1006")
+        assert json.loads(track.meta_json)["file"] == "audio/wav/1006_505.aiff.wav"
+        reasons = {r.item: r.reason for r in result.consolidated.rejects}
+        assert reasons == {"audio/wav/1002_501.wav.wav": "too_short", "audio/wav/1003_502.aiff.wav": "low_sample_rate",
+                           "audio/wav/1004_503.wav.wav": "excluded_tag", "audio/wav/1005_504.wav.wav": "no_drum_tag",
+                           "1007": "missing_file", "audio/wav/9999_1.wav.wav": "not_selected"}
 
     @pytest.mark.parametrize("tags, reason", [(["drum"], None), (["Drums", "loop"], None),
                                               (["drum", "bassline"], "excluded_tag"), (["beat"], "no_drum_tag"),

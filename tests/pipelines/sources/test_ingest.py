@@ -35,7 +35,7 @@ def _configure(name: str, server, corpora, tmp_path: Path):
         archive = tmp_path / "user" / "moisesdb.zip"
         archive.parent.mkdir()
         archive.write_bytes(corpora.make_zip(corpora.moises_members()))
-        return get_source(name, location=archive, sha256=None)
+        return get_source(name, location=archive, sha256=corpora.sha256(archive.read_bytes()))
     if name == "local_folder":
         return get_source(name, location=corpora.local_folder(tmp_path / "user"))
     if name == "hydrogen":  # procedural kits only: no apt, no network
@@ -93,7 +93,12 @@ def test_ingest_twice_is_idempotent(name, corpus_server, corpora, tmp_path):
 def test_registry_file_is_safe_yaml_for_known_sources():
     entries = load_registry(REPO / "conf" / "sources.yaml")
     assert set(entries) == set(ADAPTERS)
-    assert entries["moisesdb"]["sha256"] == "4cde33ce416ac7c868cffcb60eb31f5c741ab7ae5601cbb9d99ed498b72c48c1"
+    assert entries["musdb18hq"]["files"][0]["md5"] == "12d4f2ecd55245a4688754dd76363103"
+    # MoisesDB's published digests are the adapter's, for a file named moisesdb.zip.
+    [published] = get_source("moisesdb").files
+    assert (published.filename, published.sha256, published.md5) == (
+        "moisesdb.zip", "4cde33ce416ac7c868cffcb60eb31f5c741ab7ae5601cbb9d99ed498b72c48c1",
+        "13cf74eda129c38b914a51ea79fb1778")
 
 
 def test_unknown_source_in_registry_is_refused(tmp_path):
@@ -113,6 +118,6 @@ def test_list_cli_shows_counts_from_the_catalogue(corpus_server, corpora, tmp_pa
                          capture_output=True, text=True, check=True).stdout
     lines = {line.split()[0]: line.split() for line in out.splitlines()[2:-1]}
     assert set(lines) == set(ADAPTERS)
-    # fsl10k: 1 raw file (the zip), 1 kept loop of 5 s.
-    assert lines["fsl10k"][-3:] == ["1", "1", "0.0014"]
+    # fsl10k: 1 raw file (the zip), 2 kept loops of 5 s and 4.5 s.
+    assert lines["fsl10k"][-3:] == ["1", "2", "0.0026"]
     assert "separated" in lines["mtg_jamendo"] and "CC-BY-NC-SA-4.0" in lines["moisesdb"]
