@@ -287,6 +287,8 @@ class Trainer:
             self.state.mlflow_run_id = ml.run_id
             loggers.append(ml)
             print(f"[train] MLflow run {ml.run_id} at {m.tracking_uri} (experiment {m.experiment})", flush=True)
+            if ml.run_url:
+                print(f"[train] MLflow run URL: {ml.run_url}", flush=True)
         logger = _Fanout(loggers)
         resolved = to_dict(self.cfg)
         logger.log_config(resolved)
