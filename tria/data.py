@@ -63,7 +63,8 @@ Memory
 A worker decodes only the samples of its own steps, one window at a time, and holds at most
 ``batch_size * ceil((ceil(shuffle_buffer / G) + 1) / W)`` decoded samples (counted in ``peak_held``),
 whatever the number of shards. The epoch plan holds one small record per segment, never one per sample,
-except the permutation of the current window. A DataLoader adds ``prefetch_factor * W`` batches.
+except the permutation of the current window. A DataLoader adds ``prefetch_factor * W`` batches (in
+shared memory, ``/dev/shm``; see :class:`ShardLoader` for the default).
 
 Cost of elasticity: every worker of a rank walks the tar headers of that rank's part of each window
 (samples of other workers are skipped, not decoded, and not even read when the file is seekable), so a
@@ -763,7 +764,12 @@ class ShardLoader:
     Args:
         dataset: The rank's dataset.
         num_workers: DataLoader worker processes (0 reads in the calling process).
-        prefetch_factor: Batches each worker prepares ahead (only with workers).
+        prefetch_factor: Batches each worker prepares ahead (only with workers). A worker must read a
+            whole shuffle window before it can finish the window's first step (the block shuffle spreads
+            every step over the window), so the queue must last while it reads the next window. Default:
+            a worker's share of one window's steps, ``ceil(ceil(shuffle_buffer / G) / W) + 1``, between 2 and
+            16 (16 x 2 workers x 21 ms, a tria_tiny step on an H200, covers 0.67 s of reading). Queued
+            batches live in ``/dev/shm``: in a container with a small one, lower this or enlarge it.
         pin_memory: Pin batches in host memory; default: when ``device`` is CUDA.
         skip_empty: Drop batches with no sample (a step whose samples were all in unreadable shards, or
             this rank's empty share of a tiny last batch). Under DDP an empty step on one rank only
@@ -791,7 +797,7 @@ class ShardLoader:
         self,
         dataset: ShardDataset,
         num_workers: int = 0,
-        prefetch_factor: int = 2,
+        prefetch_factor: int | None = None,
         pin_memory: bool | None = None,
         skip_empty: bool = True,
         device: str | torch.device | None = None,
@@ -807,11 +813,15 @@ class ShardLoader:
             num_workers=num_workers,
             pin_memory=cuda if pin_memory is None else pin_memory,
             persistent_workers=num_workers > 0,
-            prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            prefetch_factor=(prefetch_factor or _window_prefetch(dataset, num_workers)) if num_workers > 0 else None,
         )
         self._batches: Iterator[dict[str, Any]] | None = None  # the live stream
         self._ahead: dict[str, Any] | None = None  # its next batch, already on the way to the device
         self._resumes_at: tuple[int, int] | None = None  # (epoch, position) the live stream continues from
+
+    @property
+    def prefetch_factor(self) -> int | None:
+        return self._loader.prefetch_factor
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         ds = self.dataset
@@ -872,6 +882,12 @@ class ShardLoader:
             it._shutdown_workers()
         self._loader._iterator = None
         self._batches, self._ahead, self._resumes_at = None, None, None
+
+
+def _window_prefetch(dataset: ShardDataset, num_workers: int) -> int:
+    """One worker's share of the steps of a shuffle window (plus one), between 2 and 16."""
+    steps_per_window = -(-dataset.config.shuffle_buffer // dataset.global_batch_size)
+    return min(16, max(2, -(-steps_per_window // num_workers) + 1))
 
 
 def scan_shards(

@@ -90,6 +90,7 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers per rank; they persist across epochs (GPU configs: 2)
     shuffle_buffer: int = 2048
     val_batches: int = 8
+    prefetch_factor: int | None = None  # batches per worker queued ahead; None: cover one shuffle window
     record_keys: bool = False  # write the keys each step trained on to <run>/keys/rank<r>.jsonl
 
 
@@ -267,7 +268,8 @@ class Trainer:
                               shuffle_buffer=cfg.data.shuffle_buffer, epoch_size=cfg.data.epoch_size)
         data = ShardDataset(train_specs, reader, rank=self.dist.rank, world_size=self.dist.world)
         # Batches arrive on the device (pinned, non-blocking, one ahead on a side stream on CUDA).
-        loader = ShardLoader(data, num_workers=cfg.data.num_workers, device=self.device)
+        loader = ShardLoader(data, num_workers=cfg.data.num_workers, prefetch_factor=cfg.data.prefetch_factor,
+                             device=self.device)
         if self.is_main:
             print(f"[train] {cfg.name}: TRIA {cfg.model.size} ({count_parameters(model):,} parameters) on "
                   f"{self.device} x{self.dist.world}; {len(train_specs)} train shards "

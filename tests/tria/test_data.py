@@ -277,6 +277,15 @@ class TestPersistentWorkers:
         assert worker_pids(loader) == pids, "the same processes, restarted at the new position"
         loader.close()
 
+    def test_default_queue_covers_a_window_read(self, shards):
+        # a worker must read a whole window before the window's first step: its queue lasts that long
+        small = ShardDataset(shards, ReaderConfig(batch_size=2, shuffle_buffer=16), 0, 2)  # 4 steps per window
+        assert ShardLoader(small, num_workers=2).prefetch_factor == 3
+        big = ShardDataset(shards, ReaderConfig(batch_size=24, shuffle_buffer=2048))  # 86 steps per window
+        assert ShardLoader(big, num_workers=2).prefetch_factor == 16  # capped: batches queue in /dev/shm
+        assert ShardLoader(big, num_workers=2, prefetch_factor=5).prefetch_factor == 5
+        assert ShardLoader(big).prefetch_factor is None
+
     def test_device_path_delivers_the_same_batches(self, shards):
         cfg = ReaderConfig(batch_size=4, shuffle_buffer=16, interleave=2, drop_last=False)
         plain = list(ShardLoader(ShardDataset(shards, cfg)))
