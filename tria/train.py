@@ -8,9 +8,9 @@ One machine, N processes (gloo on CPU, nccl on GPU)::
 
     torchrun --standalone --nproc_per_node N -m tria.train conf/train/paper_2b.yaml
 
-Several machines::
+Several machines (``orchestration/train.sh`` builds these commands; see its ``--help``)::
 
-    torchrun --nnodes M --node_rank R --nproc_per_node N --rdzv_backend c10d \\
+    torchrun --nnodes M --nproc_per_node N --rdzv_backend c10d --rdzv_id RUN \\
         --rdzv_endpoint HOST:29500 -m tria.train conf/train/paper_2b.yaml
 
 Resume exactly where a run stopped (model, optimiser, scheduler, scaler, RNG, data position)::
