@@ -64,9 +64,10 @@ DEFAULTS = {  # (batch, steps per pass) per size
 
 def build_trainer(root: Path, size: str, batch: int, steps: int, device: str, workers: int,
                   shuffle_buffer: int) -> Trainer:
-    """A Trainer over a fresh fixture catalogue holding exactly ``steps`` batches of train samples."""
-    make_corpus(root, n={("train", "isolated"): steps * batch}, T=T, K=4, per_shard=64)
-    path = train_yaml(root, name=f"stall-{size}", model={"size": size}, device=device, num_iters=10**9,
+    """A Trainer over a fixture catalogue holding exactly ``steps`` batches of train samples (made on first use)."""
+    if not (root / "catalogue.duckdb").exists():
+        make_corpus(root, n={("train", "isolated"): steps * batch}, T=T, K=4, per_shard=64)
+    path = train_yaml(root, name=f"stall-{size}-{workers}w", model={"size": size}, device=device, num_iters=10**9,
                       data={"batch_size": batch, "val_batches": 0, "num_workers": workers,
                             "shuffle_buffer": shuffle_buffer})
     with contextlib.redirect_stdout(io.StringIO()):  # the trainer's start-up lines
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
 # ----------------------------------------------------------------------------------------------
 
 STEADY = {  # (batch, steps per epoch, timed epochs) per size
-    "cuda": {"tiny": (24, 200, 3), "small": (24, 100, 3)},  # ~40 s of steps per (size, worker count) on an H200
+    "cuda": {"tiny": (24, 150, 2), "small": (24, 80, 2)},  # ~30-40 s of steps per (size, worker count) on an H200
     "cpu": {"tiny": (24, 3, 1), "small": (24, 2, 1)},  # a CPU step at B=24 takes seconds (tiny) to a minute (small)
 }
 
@@ -226,28 +227,28 @@ def steady_held(held: list[dict], epochs: int, step) -> tuple[float, int]:
     return time.perf_counter() - t0, epochs * len(held)
 
 
-def run_steady(size: str, batch: int, steps: int, epochs: int, workers: int, sleep_s: float | None, args) -> dict:
-    with tempfile.TemporaryDirectory(prefix=f"tria-bench-steady-{size}-") as tmp:
-        trainer = build_trainer(Path(tmp), size, batch, steps, args.device, workers, args.shuffle_buffer)
+def run_steady(root: Path, size: str, batch: int, steps: int, epochs: int, workers: int, sleep_s: float | None,
+               args) -> dict:
+    trainer = build_trainer(root, size, batch, steps, args.device, workers, args.shuffle_buffer)  # corpus: once
 
-        def train(b: dict) -> None:
-            trainer.train_step(b)  # ends with .item(): complete when it returns
-            trainer.state.step += 1
+    def train(b: dict) -> None:
+        trainer.train_step(b)  # ends with .item(): complete when it returns
+        trainer.state.step += 1
 
-        step = (lambda b: time.sleep(sleep_s)) if sleep_s else train
-        loader = trainer.state.train_loader
-        held = list(loader)  # epoch 0, already on the device: the baseline's batches; starts the workers
-        assert len(held) == steps and held[0]["tokens"].shape == (batch, 9, T)
-        t0 = time.perf_counter()
-        list(loader)  # epoch 1: reading alone, workers warm
-        reader_s = (time.perf_counter() - t0) / steps
-        step(held[0])  # warm-up: optimizer state, allocator, kernels
-        steady_epochs(trainer, 1, step)  # epoch 2: a streamed warm-up epoch, not timed
-        mem_a = steady_held(held, epochs, step)
-        stream_s, n, wait = steady_epochs(trainer, epochs, step)
-        mem_b = steady_held(held, epochs, step)
-        loader.close()
-        trainer.logger.close()
+    step = (lambda b: time.sleep(sleep_s)) if sleep_s else train
+    loader = trainer.state.train_loader
+    held = list(loader)  # epoch 0, already on the device: the baseline's batches; starts the workers
+    assert len(held) == steps and held[0]["tokens"].shape == (batch, 9, T)
+    t0 = time.perf_counter()
+    list(loader)  # epoch 1: reading alone, workers warm
+    reader_s = (time.perf_counter() - t0) / steps
+    step(held[0])  # warm-up: optimizer state, allocator, kernels
+    steady_epochs(trainer, 1, step)  # epoch 2: a streamed warm-up epoch, not timed
+    mem_a = steady_held(held, epochs, step)
+    stream_s, n, wait = steady_epochs(trainer, epochs, step)
+    mem_b = steady_held(held, epochs, step)
+    loader.close()
+    trainer.logger.close()
     memory = (mem_a[0] + mem_b[0]) / (mem_a[1] + mem_b[1])
     return {"size": size, "batch": batch, "steps": steps, "epochs": epochs, "workers": workers,
             "simulated": sleep_s, "memory": memory, "stream": stream_s / n, "wait": wait / n, "reader": reader_s,
@@ -271,8 +272,10 @@ def steady_main(args) -> None:
     for i, size in enumerate(sizes):
         batch, steps, epochs = defaults[size]
         batch, steps, epochs = args.batch or batch, args.steps or steps, args.epochs or epochs
-        for w in workers:
-            results.append(run_steady(size, batch, steps, epochs, w, sleeps[i] if sleeps else None, args))
+        with tempfile.TemporaryDirectory(prefix=f"tria-bench-steady-{size}-") as tmp:
+            for w in workers:
+                results.append(run_steady(Path(tmp), size, batch, steps, epochs, w, sleeps[i] if sleeps else None,
+                                          args))
     rows = [[r["size"] + (f" (sleep {1000 * r['simulated']:.0f} ms)" if r["simulated"] else ""), r["batch"],
              r["workers"], f"{r['epochs']}x{r['steps']}", 1000 * r["memory"], 1000 * r["stream"], 1000 * r["wait"],
              1000 * r["reader"], f"{1 + r['wait'] / r['memory']:.3f}", f"{r['ratio']:.3f}",
