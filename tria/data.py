@@ -728,10 +728,12 @@ class _EpochStream(IterableDataset):
     dataset. Stream step ``j`` (from the start, across epochs) is produced by worker ``j % W``.
     """
 
-    def __init__(self, dataset: ShardDataset) -> None:
+    def __init__(self, dataset: ShardDataset, shared: bool) -> None:
         super().__init__()
         self.dataset = dataset
-        self.start = torch.zeros(2, dtype=torch.int64).share_memory_()  # (epoch, position)
+        self.start = torch.zeros(2, dtype=torch.int64)  # (epoch, position)
+        if shared:  # seen by worker processes (one small shared-memory segment per loader)
+            self.start.share_memory_()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -806,7 +808,7 @@ class ShardLoader:
         self.device = None if device is None else torch.device(device)
         cuda = self.device is not None and self.device.type == "cuda"
         self._copy_stream = torch.cuda.Stream(self.device) if cuda else None
-        self._stream = _EpochStream(dataset)
+        self._stream = _EpochStream(dataset, shared=num_workers > 0)
         self._loader = DataLoader(
             self._stream,
             batch_size=None,
