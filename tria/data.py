@@ -29,6 +29,17 @@ of every window instead of all of it (read locality, as MosaicML Streaming's per
 a rank, DataLoader worker ``w`` of ``W`` produces the steps ``s`` with ``s % W == w``; a PyTorch DataLoader
 collects batches from its workers round robin, so the rank sees steps 0, 1, 2, ... in order.
 
+Workers that persist across epochs
+----------------------------------
+:class:`ShardLoader` does not restart its workers at each epoch. Its workers iterate one endless stream:
+the steps of the current epoch from the start position, then every step of the next epoch, and so on.
+Stream step ``j`` (counted from the start, across epochs) is produced by worker ``j % W``, so the round
+robin stays aligned when an epoch's step count does not divide by ``W``, and an epoch boundary costs no
+drain and no worker start-up. The start ``(epoch, position)`` reaches the workers through a small
+shared-memory tensor that the loader writes before it (re)starts them (``persistent_workers=True`` keeps
+the processes; their dataset copies are never updated). The loader splits the stream back into epochs
+by the stamps, so the order and every property above are those of the plain per-epoch iteration.
+
 Consequences, all tested: every sample of the epoch is produced exactly once over all ranks and workers
 (the last partial global batch is split as evenly as possible, or dropped with ``drop_last``); the global
 batch of step ``s`` is the same list of samples for any ``world_size`` and any number of workers as long
@@ -52,7 +63,8 @@ Memory
 A worker decodes only the samples of its own steps, one window at a time, and holds at most
 ``batch_size * ceil((ceil(shuffle_buffer / G) + 1) / W)`` decoded samples (counted in ``peak_held``),
 whatever the number of shards. The epoch plan holds one small record per segment, never one per sample,
-except the permutation of the current window. A DataLoader adds ``prefetch_factor * W`` batches.
+except the permutation of the current window. A DataLoader adds ``prefetch_factor * W`` batches (in
+shared memory, ``/dev/shm``; see :class:`ShardLoader` for the default).
 
 Cost of elasticity: every worker of a rank walks the tar headers of that rank's part of each window
 (samples of other workers are skipped, not decoded, and not even read when the file is seekable), so a
@@ -69,6 +81,7 @@ shards a worker is given, which is exactly what this design avoids.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -588,7 +601,10 @@ class ShardDataset(IterableDataset):
 
     def steps_remaining(self) -> int:
         """Global steps left in the current epoch from the current position (the same on every rank)."""
-        left = max(self.epoch_samples - self._position, 0)
+        return self._steps_from(self._position)
+
+    def _steps_from(self, position: int) -> int:
+        left = max(self.epoch_samples - position, 0)
         G = self.global_batch_size
         return left // G if self.config.drop_last else -(-left // G)
 
@@ -704,63 +720,155 @@ class ShardDataset(IterableDataset):
 # The loader that keeps the position.
 
 
+class _EpochStream(IterableDataset):
+    """A dataset's batches from a start ``(epoch, position)`` through every later epoch, without end.
+
+    What :class:`ShardLoader` iterates. Its workers persist, so each (re)start reads the start from
+    ``start``, a shared-memory tensor the loader writes first, never from the worker's copy of the
+    dataset. Stream step ``j`` (from the start, across epochs) is produced by worker ``j % W``.
+    """
+
+    def __init__(self, dataset: ShardDataset, shared: bool) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.start = torch.zeros(2, dtype=torch.int64)  # (epoch, position)
+        if shared:  # seen by worker processes (one small shared-memory segment per loader)
+            self.start.share_memory_()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        ds = self.dataset
+        epoch, position = (int(v) for v in self.start.tolist())
+        done = 0  # stream steps before this epoch's first: this worker's first step is (worker - done) % W
+        while True:
+            plan = _EpochPlan(ds.shards, ds.config, epoch, ds._mixing)
+            yield from ds._batches(plan, position, (worker - done) % n_workers, n_workers)
+            done += ds._steps_from(position)
+            epoch, position = epoch + 1, 0
+
+
 class ShardLoader:
     """A DataLoader over a :class:`ShardDataset` that records the position of the batches it delivers.
 
     Iterating runs the rest of the current epoch (from the saved position); the trainer loops
-    ``while True: for batch in loader: ...`` to go on to the next epochs. Breaking out of the loop and
-    iterating again continues after the last delivered batch (prefetched batches are produced again).
-    Workers are never persistent: each ``iter()`` must send the current position to fresh workers.
+    ``while True: for batch in loader: ...`` to go on to the next epochs. The workers persist across
+    epochs (see "Workers that persist across epochs" above): they read on into the next epoch while the
+    loop finishes this one. Breaking out of the loop and iterating again continues after the last
+    delivered batch. After ``load_state_dict`` or ``dataset.set_epoch`` the workers (the same processes)
+    restart at the new position; batches they had prefetched are dropped.
+
+    With ``device``, ``tokens`` and ``feats`` arrive on that device: copied from pinned memory with
+    ``non_blocking=True`` on a side CUDA stream one batch ahead, so the copy of batch ``s + 1`` overlaps
+    the step on batch ``s``. Small per-example fields (``lengths``, ``tier_id``) stay on the host, where
+    the mask builder reads them. On a CPU device the same code runs and the copy is a no-op.
 
     Args:
         dataset: The rank's dataset.
         num_workers: DataLoader worker processes (0 reads in the calling process).
-        prefetch_factor: Batches each worker prepares ahead (only with workers).
-        pin_memory: Passed to the DataLoader.
+        prefetch_factor: Batches each worker prepares ahead (only with workers). A worker must read a
+            whole shuffle window before it can finish the window's first step (the block shuffle spreads
+            every step over the window), so the queue must last while it reads the next window. Default:
+            a worker's share of one window's steps, ``ceil(ceil(shuffle_buffer / G) / W) + 1``, between 2 and
+            16 (16 x 2 workers x 21 ms, a tria_tiny step on an H200, covers 0.67 s of reading). Queued
+            batches live in ``/dev/shm``: in a container with a small one, lower this or enlarge it.
+        pin_memory: Pin batches in host memory; default: when ``device`` is CUDA.
         skip_empty: Drop batches with no sample (a step whose samples were all in unreadable shards, or
             this rank's empty share of a tiny last batch). Under DDP an empty step on one rank only
             would desynchronise the ranks: keep ``drop_last`` and healthy shards, or set False and handle
             ``len(batch["keys"]) == 0`` in the loop.
+        device: Where ``tokens`` and ``feats`` go (``None``: left where the DataLoader puts them).
 
     Example (one rank of a torchrun job)::
 
         specs = [ShardSpec(row.url, row.n_samples, row.sha256) for row in catalogue_rows]
         ds = ShardDataset(specs, ReaderConfig(batch_size=16, seed=cfg.seed), rank, world_size)
-        loader = ShardLoader(ds, num_workers=4)
+        loader = ShardLoader(ds, num_workers=4, device="cuda:0")
         loader.load_state_dict(ckpt["train_state"]["data"])   # when resuming
         while step < max_steps:
             for batch in loader:  # batch["tokens"] (B, 9, T), batch["feats"] (B, n_bands, T), ...
                 ...
                 if step % save_every == 0:  # rank 0 saves; the state is valid for every rank
                     train_state["data"] = loader.state_dict()
+        loader.close()  # stops the workers
     """
+
+    _TO_DEVICE = ("tokens", "feats")
 
     def __init__(
         self,
         dataset: ShardDataset,
         num_workers: int = 0,
-        prefetch_factor: int = 2,
-        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+        pin_memory: bool | None = None,
         skip_empty: bool = True,
+        device: str | torch.device | None = None,
     ) -> None:
         self.dataset, self.skip_empty = dataset, skip_empty
+        self.device = None if device is None else torch.device(device)
+        cuda = self.device is not None and self.device.type == "cuda"
+        self._copy_stream = torch.cuda.Stream(self.device) if cuda else None
+        self._stream = _EpochStream(dataset, shared=num_workers > 0)
         self._loader = DataLoader(
-            dataset,
+            self._stream,
             batch_size=None,
             num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=False,
-            prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            pin_memory=cuda if pin_memory is None else pin_memory,
+            persistent_workers=num_workers > 0,
+            prefetch_factor=(prefetch_factor or _window_prefetch(dataset, num_workers)) if num_workers > 0 else None,
         )
+        self._batches: Iterator[dict[str, Any]] | None = None  # the live stream
+        self._ahead: dict[str, Any] | None = None  # its next batch, already on the way to the device
+        self._resumes_at: tuple[int, int] | None = None  # (epoch, position) the live stream continues from
+
+    @property
+    def prefetch_factor(self) -> int | None:
+        return self._loader.prefetch_factor
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        epoch = self.dataset.epoch
-        for batch in self._loader:
-            self.dataset._advance(batch["epoch"], batch["position"])
+        ds = self.dataset
+        epoch = ds.epoch
+        if self._batches is None or self._resumes_at != (ds.epoch, ds.position):
+            self._restart()
+        while ds.epoch == epoch and ds.steps_remaining() > 0:
+            batch = self._take()
+            stamp = (epoch, min(ds.position + ds.global_batch_size, ds.epoch_samples))
+            if (batch["epoch"], batch["position"]) != stamp:  # a bug, never a data problem
+                raise RuntimeError(f"batch stamped {(batch['epoch'], batch['position'])}, expected {stamp}")
+            ds._advance(*stamp)
+            self._resumes_at = stamp
             if self.skip_empty and not batch["keys"]:
                 continue
             yield batch
-        self.dataset._finish_epoch(epoch)
+        if ds.epoch == epoch:
+            ds._finish_epoch(epoch)
+            self._resumes_at = (ds.epoch, ds.position)  # the stream goes on with the next epoch
+
+    def _restart(self) -> None:
+        ds = self.dataset
+        self._stream.start.copy_(torch.tensor([ds.epoch, ds.position]))  # before the workers resume
+        self._ahead = None
+        self._batches = iter(self._loader)  # persistent workers: the same processes, restarted
+        self._resumes_at = (ds.epoch, ds.position)
+
+    def _take(self) -> dict[str, Any]:
+        """The next batch, ready on the device; starts the copy of the one after it."""
+        assert self._batches is not None
+        batch = self._ahead if self._ahead is not None else self._to_device(next(self._batches))
+        if self._copy_stream is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self._copy_stream)
+            for k in self._TO_DEVICE:  # the allocator must not reuse them before the step is done
+                batch[k].record_stream(current)
+        self._ahead = self._to_device(next(self._batches))
+        return batch
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.device is None:
+            return batch
+        with torch.cuda.stream(self._copy_stream) if self._copy_stream is not None else contextlib.nullcontext():
+            moved = {k: batch[k].to(self.device, non_blocking=True) for k in self._TO_DEVICE}
+        return {**batch, **moved}
 
     def state_dict(self) -> dict[str, Any]:
         """The dataset's state after the last delivered batch (see :meth:`ShardDataset.state_dict`)."""
@@ -768,6 +876,20 @@ class ShardLoader:
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
         self.dataset.load_state_dict(state, strict=strict)
+
+    def close(self) -> None:
+        """Stops the worker processes (otherwise they live as long as this loader); iterating restarts them."""
+        it = getattr(self._loader, "_iterator", None)  # DataLoader has no public way to stop persistent workers
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self._loader._iterator = None
+        self._batches, self._ahead, self._resumes_at = None, None, None
+
+
+def _window_prefetch(dataset: ShardDataset, num_workers: int) -> int:
+    """One worker's share of the steps of a shuffle window (plus one), between 2 and 16."""
+    steps_per_window = -(-dataset.config.shuffle_buffer // dataset.global_batch_size)
+    return min(16, max(2, -(-steps_per_window // num_workers) + 1))
 
 
 def scan_shards(

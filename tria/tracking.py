@@ -282,6 +282,7 @@ class MLflowLogger:
             raise ValueError("MLflowLogger needs an experiment name")
         self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
         self.run_id = run_id
+        self.experiment_id: str | None = None  # known once the run is started or found
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.buffer_path = self.run_dir / BUFFER_NAME
@@ -479,6 +480,7 @@ class MLflowLogger:
             run = self._call(client.get_run, self.run_id)
             if run is None:
                 raise ValueError(f"MLflow run {self.run_id} not found at {self.tracking_uri}")
+            self.experiment_id = run.info.experiment_id
             self._existing_params = dict(run.data.params)
             if run.info.status != "RUNNING" and self._owns_run:
                 self._call(client.update_run, self.run_id, "RUNNING")
@@ -486,6 +488,7 @@ class MLflowLogger:
         active = mlflow.active_run()
         if active is not None and not self._nested:
             self.run_id, self._owns_run = active.info.run_id, False
+            self.experiment_id = active.info.experiment_id
             run = self._call(client.get_run, self.run_id)
             self._existing_params = dict(run.data.params) if run is not None else {}
             return
@@ -499,7 +502,17 @@ class MLflowLogger:
         run = self._call(client.create_run, experiment_id, run_name=self.run_name, tags=tags)
         if run is None:
             raise ValueError(f"MLflow refused to create a run in experiment {self.experiment!r}")
-        self.run_id = run.info.run_id
+        self.run_id, self.experiment_id = run.info.run_id, experiment_id
+
+    @property
+    def run_url(self) -> str | None:
+        """The run's page in the MLflow web UI; None for local stores or while the run is not started."""
+        if self.run_id is None or not self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        base = self.tracking_uri.rstrip("/")
+        if self.experiment_id is None:
+            return f"{base}/#/runs/{self.run_id}"  # the UI redirects to the run's experiment
+        return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
     def _flush_if_due(self, force: bool = False) -> None:
         if self._online and not self.buffer_path.exists():

@@ -8,9 +8,9 @@ One machine, N processes (gloo on CPU, nccl on GPU)::
 
     torchrun --standalone --nproc_per_node N -m tria.train conf/train/paper_2b.yaml
 
-Several machines::
+Several machines (``orchestration/train.sh`` builds these commands; see its ``--help``)::
 
-    torchrun --nnodes M --node_rank R --nproc_per_node N --rdzv_backend c10d \\
+    torchrun --nnodes M --nproc_per_node N --rdzv_backend c10d --rdzv_id RUN \\
         --rdzv_endpoint HOST:29500 -m tria.train conf/train/paper_2b.yaml
 
 Resume exactly where a run stopped (model, optimiser, scheduler, scaler, RNG, data position)::
@@ -92,9 +92,11 @@ class DataConfig:
     tier_weights: dict = field(default_factory=dict)  # {tier: weight}: mix tiers as weighted streams
     epoch_size: int | None = None  # samples per epoch when tiers are mixed by weight
     batch_size: int = 24  # global: divided by the world size (as the authors' Accelerator does)
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader workers per rank; they persist across epochs (GPU configs: 2)
     shuffle_buffer: int = 2048
     val_batches: int = 8
+    prefetch_factor: int | None = None  # batches per worker queued ahead; None: cover one shuffle window
+    record_keys: bool = False  # write the keys each step trained on to <run>/keys/rank<r>.jsonl
 
 
 @dataclass(frozen=True)
@@ -315,7 +317,9 @@ class Trainer:
         reader = ReaderConfig(batch_size=cfg.data.batch_size // self.dist.world, seed=cfg.seed,
                               shuffle_buffer=cfg.data.shuffle_buffer, epoch_size=cfg.data.epoch_size)
         data = ShardDataset(train_specs, reader, rank=self.dist.rank, world_size=self.dist.world)
-        loader = ShardLoader(data, num_workers=cfg.data.num_workers)
+        # Batches arrive on the device (pinned, non-blocking, one ahead on a side stream on CUDA).
+        loader = ShardLoader(data, num_workers=cfg.data.num_workers, prefetch_factor=cfg.data.prefetch_factor,
+                             device=self.device)
         if self.is_main:
             print(f"[train] {cfg.name}: TRIA {cfg.model.size} ({count_parameters(model):,} parameters) on "
                   f"{self.device} x{self.dist.world}; {len(train_specs)} train shards "
@@ -335,6 +339,8 @@ class Trainer:
             self.state.mlflow_run_id = ml.run_id
             loggers.append(ml)
             print(f"[train] MLflow run {ml.run_id} at {m.tracking_uri} (experiment {m.experiment})", flush=True)
+            if ml.run_url:
+                print(f"[train] MLflow run URL: {ml.run_url}", flush=True)
         logger = _Fanout(loggers)
         resolved = to_dict(self.cfg)
         logger.log_config(resolved)
@@ -540,6 +546,8 @@ class Trainer:
                 t1 = time.perf_counter()
                 metrics = self.train_step(batch)
                 s.step += 1
+                if cfg.data.record_keys:
+                    self._record_keys(batch)
                 t2 = time.perf_counter()
                 t_wait, t_step = t_wait + (t1 - t0), t_step + (t2 - t1)
                 n_seen += batch["tokens"].shape[0] * self.dist.world
@@ -563,6 +571,16 @@ class Trainer:
         progress.close()
         return last
 
+    def _record_keys(self, batch: dict[str, Any]) -> None:
+        """One line per step and rank: which samples it trained on (audits order, resume, elasticity)."""
+        if not hasattr(self, "_keys_file"):
+            path = self.run_dir / "keys" / f"rank{self.dist.rank}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._keys_file = path.open("a")
+        line = {"step": self.state.step, "epoch": batch["epoch"], "position": batch["position"], "keys": batch["keys"]}
+        self._keys_file.write(json.dumps(line) + "\n")
+        self._keys_file.flush()
+
     def _periodic(self, step: int) -> None:
         cfg = self.cfg
         if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.num_iters):
@@ -583,6 +601,9 @@ class Trainer:
             dist.barrier()
 
     def close(self, status: str = "done") -> None:
+        self.state.train_loader.close()
+        if hasattr(self, "_keys_file"):
+            self._keys_file.close()
         self.logger.close()
         if self.is_main and self.state.mlflow_run_id:
             from pipelines.catalogue import Catalogue

@@ -68,11 +68,13 @@ def test_killed_mid_step_then_mid_checkpoint_write_resumes_and_finishes(corpus, 
     """1) kill -9 between checkpoints: latest.pt is the last save and --resume continues from it;
     2) kill -9 while latest.pt is being rewritten (a bigger model and a save every step make the write
     window wide; the kill lands when the temp file exists): the previous checkpoint still loads;
-    3) --resume runs to the end, replayed steps give the same losses, and no temp file is left."""
+    3) --resume runs to the end, replayed steps give the same losses, and no temp file is left.
+    Two DataLoader workers that persist across epochs (4 steps per epoch here) are killed with the trainer."""
     n_iters = 30
     # 256 channels x 4 layers: a ~100 MB checkpoint with its optimiser state, slow enough to be caught.
     cfg = train_yaml(corpus, "killed", num_iters=n_iters, log_every=1, val_every=0, sample_every=0,
-                     ckpt_every=10, model={"size": "tiny", "overrides": {"n_channels": 256, "n_layers": 4}})
+                     ckpt_every=10, model={"size": "tiny", "overrides": {"n_channels": 256, "n_layers": 4}},
+                     data={"num_workers": 2, "record_keys": True})
     run_dir, log = corpus / "runs" / "killed", tmp_path / "train.log"
     ckpt = run_dir / "checkpoints" / "latest.pt"
 
@@ -115,6 +117,15 @@ def test_killed_mid_step_then_mid_checkpoint_write_resumes_and_finishes(corpus, 
     first: dict[int, float] = {}
     for step, loss in history:  # a step trained twice (after a resume) saw the same batch and masks
         assert abs(first.setdefault(step, loss) - loss) <= 1e-5, (step, first[step], loss)
+    keys: dict[int, list[str]] = {}
+    for line in (run_dir / "keys" / "rank0.jsonl").read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:  # the line a kill cut in half
+            continue
+        assert keys.setdefault(r["step"], r["keys"]) == r["keys"], f"step {r['step']} replayed with other samples"
+    assert sorted(keys) == list(range(1, n_iters + 1))
+    assert sorted(sum((keys[s] for s in range(1, 5)), [])) == sorted(sum((keys[s] for s in range(5, 9)), []))
 
 
 def _closed_port() -> int:

@@ -211,6 +211,101 @@ class TestResume:
         assert other.position == 8
 
 
+def epochs(specs, world: int, batch: int, workers: int, n_epochs: int, **cfg):
+    """Global steps of ``n_epochs`` consecutive epochs, each rank through one ShardLoader; and the loaders."""
+    config = ReaderConfig(batch_size=batch, **{"shuffle_buffer": 16, "interleave": 2, "drop_last": False, **cfg})
+    loaders = [ShardLoader(ShardDataset(specs, config, r, world), num_workers=workers) for r in range(world)]
+    out = []
+    for _ in range(n_epochs):
+        per_rank = [[b["keys"] for b in loader] for loader in loaders]
+        out.append([sum((p[s] for p in per_rank if s < len(p)), []) for s in range(max(map(len, per_rank)))])
+    return out, loaders
+
+
+def worker_pids(loader: ShardLoader) -> list[int]:
+    return [w.pid for w in loader._loader._iterator._workers if w.is_alive()]
+
+
+class TestPersistentWorkers:
+    def test_workers_persist_across_epochs_and_keep_the_elastic_order(self, shards):
+        reference, _ = epochs(shards, world=1, batch=6, workers=0, n_epochs=3)
+        assert len({tuple(map(tuple, e)) for e in reference}) == 3  # three different epochs
+        # 54 samples, G = 6: 9 steps per epoch, so with 2 workers epoch 1 starts on worker 1
+        loader = ShardLoader(ShardDataset(shards, ReaderConfig(batch_size=3, shuffle_buffer=16, interleave=2,
+                                                               drop_last=False), 0, 2), num_workers=2)
+        pids = []
+        for _ in range(3):
+            list(loader)
+            pids.append(worker_pids(loader))
+        assert len(pids[0]) == 2 and pids[0] == pids[1] == pids[2], pids
+        loader.close()
+        assert not any(Path(f"/proc/{pid}").exists() for pid in pids[0]), "close() stops the workers"
+        got, loaders = epochs(shards, world=2, batch=3, workers=2, n_epochs=3)
+        assert got == reference
+        got3, more = epochs(shards, world=3, batch=2, workers=2, n_epochs=2, drop_last=True)
+        assert got3 == [e[:9] for e in epochs(shards, world=1, batch=6, workers=0, n_epochs=2, drop_last=True)[0]]
+        for x in loaders + more:
+            x.close()
+
+    def test_break_and_iterate_again_continues_after_the_last_delivered_batch(self, shards):
+        reference, _ = epochs(shards, world=1, batch=4, workers=0, n_epochs=2)
+        ds = ShardDataset(shards, ReaderConfig(batch_size=4, shuffle_buffer=16, interleave=2, drop_last=False))
+        loader = ShardLoader(ds, num_workers=2, prefetch_factor=3)
+        got = []
+        for i, b in enumerate(loader):
+            got.append(b["keys"])
+            if i == 4:
+                break
+        got += [b["keys"] for b in loader]  # the rest of epoch 0 from the same (still running) workers
+        assert got == reference[0] and ds.epoch == 1
+        assert [b["keys"] for b in loader] == reference[1]
+        loader.close()
+
+    def test_a_loaded_position_reaches_the_persistent_workers(self, shards):
+        reference, _ = epochs(shards, world=1, batch=4, workers=0, n_epochs=2)
+        ds = ShardDataset(shards, ReaderConfig(batch_size=4, shuffle_buffer=16, interleave=2, drop_last=False))
+        loader = ShardLoader(ds, num_workers=2)
+        for i, _ in enumerate(loader):
+            if i == 6:
+                break
+        pids = worker_pids(loader)
+        state = {**ds.state_dict(), "epoch": 1, "position": 8}  # jump: step 2 of epoch 1
+        loader.load_state_dict(state)
+        assert [b["keys"] for b in loader] == reference[1][2:]
+        ds.set_epoch(0)
+        assert [b["keys"] for b in loader] == reference[0]
+        assert worker_pids(loader) == pids, "the same processes, restarted at the new position"
+        loader.close()
+
+    def test_default_queue_covers_a_window_read(self, shards):
+        # a worker must read a whole window before the window's first step: its queue lasts that long
+        small = ShardDataset(shards, ReaderConfig(batch_size=2, shuffle_buffer=16), 0, 2)  # 4 steps per window
+        assert ShardLoader(small, num_workers=2).prefetch_factor == 3
+        big = ShardDataset(shards, ReaderConfig(batch_size=24, shuffle_buffer=2048))  # 86 steps per window
+        assert ShardLoader(big, num_workers=2).prefetch_factor == 16  # capped: batches queue in /dev/shm
+        assert ShardLoader(big, num_workers=2, prefetch_factor=5).prefetch_factor == 5
+        assert ShardLoader(big).prefetch_factor is None
+
+    def test_device_path_delivers_the_same_batches(self, shards):
+        cfg = ReaderConfig(batch_size=4, shuffle_buffer=16, interleave=2, drop_last=False)
+        plain = list(ShardLoader(ShardDataset(shards, cfg)))
+        moved = list(ShardLoader(ShardDataset(shards, cfg), num_workers=1, device="cpu"))
+        assert [b["keys"] for b in moved] == [b["keys"] for b in plain]
+        for a, b in zip(plain, moved, strict=True):
+            assert torch.equal(a["tokens"], b["tokens"]) and torch.equal(a["feats"], b["feats"])
+            assert b["tokens"].device.type == "cpu"
+
+    @pytest.mark.gpu
+    def test_cuda_prefetch_puts_tokens_and_feats_on_the_device(self, shards):
+        cfg = ReaderConfig(batch_size=4, shuffle_buffer=16, interleave=2, drop_last=False)
+        plain = list(ShardLoader(ShardDataset(shards, cfg)))
+        loader = ShardLoader(ShardDataset(shards, cfg), num_workers=2, device="cuda")
+        for a, b in zip(plain, loader, strict=True):
+            assert b["tokens"].is_cuda and b["feats"].is_cuda and not b["lengths"].is_cuda
+            assert torch.equal(a["tokens"], b["tokens"].cpu()) and torch.equal(a["feats"], b["feats"].cpu())
+        loader.close()
+
+
 @pytest.mark.faults
 class TestCorruption:
     @pytest.mark.parametrize("damage", ["truncate", "flip_header"])

@@ -43,16 +43,44 @@ def test_runs_logs_and_checkpoints(corpus):
     assert (run / "config.yaml").read_text().startswith("name: basic")
 
 
-def test_resume_gives_identical_losses(corpus):
-    full = train_yaml(corpus, "full")
-    assert main([str(full)]) == 0
-    part = train_yaml(corpus, "part")
-    assert main([str(part), "num_iters=3"]) == 0
-    assert main([str(part), "--resume"]) == 0
-    a, b = _losses(corpus / "runs" / "full"), _losses(corpus / "runs" / "part")
+def _keys(run_dir):
+    return [json.loads(line)["keys"] for line in (run_dir / "keys" / "rank0.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_gives_identical_losses(corpus, workers):
+    # 20 train samples, batch 4: 5 steps per epoch, so 6 steps cross into epoch 1 (persistent workers)
+    opts = [f"data.num_workers={workers}", "data.record_keys=true"]
+    full = train_yaml(corpus, f"full{workers}")
+    assert main([str(full), *opts]) == 0
+    part = train_yaml(corpus, f"part{workers}")
+    assert main([str(part), "num_iters=3", *opts]) == 0
+    assert main([str(part), "--resume", *opts]) == 0
+    a, b = _losses(corpus / "runs" / f"full{workers}"), _losses(corpus / "runs" / f"part{workers}")
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for step in a:
         assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
+    keys = _keys(corpus / "runs" / f"full{workers}")
+    assert keys == _keys(corpus / "runs" / f"part{workers}")
+    assert len(keys) == 6 and len(set(sum(keys[:5], []))) == 20, "epoch 0 is every sample once"
+
+
+def test_workers_train_on_the_same_batches_as_no_workers(corpus):
+    for workers in (0, 2):
+        assert main([str(train_yaml(corpus, f"w{workers}")), "num_iters=11", "val_every=0", "ckpt_every=11",
+                     f"data.num_workers={workers}", "data.record_keys=true"]) == 0
+    assert _keys(corpus / "runs" / "w0") == _keys(corpus / "runs" / "w2")
+    assert _losses(corpus / "runs" / "w0") == pytest.approx(_losses(corpus / "runs" / "w2"), abs=1e-6)
+
+
+def test_gpu_configs_default_to_persistent_workers():
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "train"
+    gpu = [p for p in sorted(conf.glob("*.yaml")) if p.stem.startswith(("paper_", "release", "curriculum_"))]
+    assert len(gpu) >= 9
+    for p in gpu:
+        assert load_train_config(str(p), []).data.num_workers >= 2, p.name
 
 
 def test_loss_falls_when_training_longer(corpus):
