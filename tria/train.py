@@ -97,6 +97,7 @@ class MlflowConfig:
     tracking_uri: str = ""  # "" = no MLflow (JSONL + stdout only)
     experiment: str = "tria"
     run_name: str = ""
+    run_id: str = ""  # log into this existing run (a sweep's child run) instead of creating one
 
 
 @dataclass(frozen=True)
@@ -281,7 +282,7 @@ class Trainer:
         m = self.cfg.mlflow
         if m.tracking_uri:
             ml = MLflowLogger(m.tracking_uri, m.experiment, run_name=m.run_name or self.cfg.name,
-                              run_id=self.state.mlflow_run_id or None, run_dir=str(self.run_dir))
+                              run_id=m.run_id or self.state.mlflow_run_id or None, run_dir=str(self.run_dir))
             self.state.mlflow_run_id = ml.run_id
             loggers.append(ml)
             print(f"[train] MLflow run {ml.run_id} at {m.tracking_uri} (experiment {m.experiment})", flush=True)
@@ -519,6 +520,9 @@ class Trainer:
             dist.barrier()
 
     def close(self, status: str = "done") -> None:
+        for lg in getattr(self.logger, "loggers", []):  # a failed run must not read FINISHED in MLflow
+            if isinstance(lg, MLflowLogger):
+                lg.close("FINISHED" if status == "done" else "FAILED")
         self.logger.close()
         if self.is_main and self.state.mlflow_run_id:
             from pipelines.catalogue import Catalogue
