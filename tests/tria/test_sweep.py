@@ -200,3 +200,34 @@ def test_sweep_killed_after_first_child_resumes_only_the_second(tmp_path, mlflow
     third = subprocess.run(_sweep_cmd(sweep, mlflow_server), cwd=REPO, env=_env(), capture_output=True, text=True,
                            timeout=120)
     assert third.returncode == 0 and "starting" not in third.stdout and "resuming (" not in third.stdout
+
+
+@pytest.mark.parametrize("name", ["curriculum", "curriculum_demo", "paper_ablation", "paper_ablation_demo"])
+def test_shipped_sweeps_resolve(name):
+    sweep = load_sweep(REPO / "conf" / "sweep" / f"{name}.yaml")
+    variants = resolve_variants(sweep, steps=None)
+    by = {v.name: v.config for v in variants}
+    if name.startswith("curriculum"):
+        assert list(by) == ["uniform", "coarse_first", "fine_late", "separated_all"]
+        assert by["separated_all"]["curriculum"]["tier_codebooks"]["separated"] == 9
+        assert by["uniform"]["curriculum"]["tier_codebooks"]["separated"] == 4
+        n = by["uniform"]["num_iters"]
+        # the schedule points keep their place in the run: ramp over the first third, switch at half
+        assert by["coarse_first"]["curriculum"]["end_step"] == n // 3
+        assert by["fine_late"]["curriculum"]["start_step"] == by["fine_late"]["curriculum"]["end_step"] == n // 2
+    else:
+        assert {k: (c["features"]["n_bands"], c["features"]["adaptive"]) for k, c in by.items()} == {
+            "bands1": (1, True), "bands2": (2, True), "bands3": (3, True), "bands4": (4, True),
+            "bands2_fixed": (2, False)}
+        assert len({json_id(c) for c in by.values()}) == 5  # five feature configs: five shard sets
+    assert all(c["val_every_codebook"] for c in by.values())
+    if name.endswith("_demo"):
+        assert all(c["model"]["size"] == "tiny" and c["num_iters"] == 300 for c in by.values())
+        assert sweep.eval.set == "conf/eval/demo.yaml" and sweep.pipeline.startswith("conf/pipeline/demo")
+
+
+def json_id(train_config: dict) -> str:
+    from tria.config import from_dict
+    from tria.features import RhythmFeatureConfig
+
+    return from_dict(RhythmFeatureConfig, train_config["features"]).config_id
