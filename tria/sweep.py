@@ -62,6 +62,10 @@ from tria.config import ConfigError, apply_overrides, from_dict, load_yaml, reso
 from tria.tracking import ensure_experiment, experiment_url
 
 PARENT_ROLE, CHILD_ROLE = "parent", "variant"
+# DuckDB lets one process write a file, and no process read it meanwhile: a trainer that starts while a
+# pipeline or another run's bookkeeping holds the catalogue fails with this; the launcher retries it.
+CATALOGUE_LOCKED = "Could not set lock on file"
+LOCK_RETRIES, LOCK_WAIT_S = 5, 20.0
 N_CODEBOOKS = 9
 # The evaluation harness's per-output means (with bootstrap CIs) and the per-condition FD.
 EVAL_METRICS = ("onset_f1", "rhythm_corr", "timbre_cosine", "fd")
@@ -225,7 +229,21 @@ class Launcher:
         return env
 
     def _run(self, name: str, cmd: list[str], log: Path) -> int:
-        """Runs ``cmd``; its ``[train]``/``step`` lines are echoed with the variant's name."""
+        """Runs ``cmd`` (again, after a wait, when it failed on a locked catalogue)."""
+        for attempt in range(LOCK_RETRIES + 1):
+            rc, locked = self._run_once(name, cmd, log)
+            if rc == 0 or not locked or attempt == LOCK_RETRIES:
+                return rc
+            with self.lock:
+                print(f"[sweep] {name}: the catalogue was locked by another process; retrying in {LOCK_WAIT_S:.0f} s",
+                      flush=True)
+            time.sleep(LOCK_WAIT_S)
+        return rc
+
+    def _run_once(self, name: str, cmd: list[str], log: Path) -> tuple[int, bool]:
+        """Runs ``cmd``; its ``[train]``/``step`` lines are echoed with the variant's name. Returns the exit
+        code and whether the catalogue was locked."""
+        locked = False
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"\n$ {' '.join(cmd)}\n")
@@ -236,10 +254,11 @@ class Launcher:
             for line in proc.stdout:
                 f.write(line)
                 f.flush()
+                locked = locked or CATALOGUE_LOCKED in line
                 if line.startswith(("[train]", "step ", "[eval]", "config error", "checkpoint error", "error")):
                     with self.lock:
                         print(f"  [{name}] {line.rstrip()}", flush=True)
-            return proc.wait()
+            return proc.wait(), locked
 
     def train(self, v: Variant, run_id: str, resume: bool) -> int:
         cfg_path = self.sweep_dir / f"{v.name}.yaml"
