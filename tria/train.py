@@ -50,7 +50,7 @@ from tria.features import RhythmFeatureConfig
 from tria.masking import MaskConfig, build_training_batch, masked_token_loss
 from tria.model import TRIA, ModelConfig, count_parameters
 from tria.sampling import SamplerConfig, generate
-from tria.tracking import JsonlLogger, MLflowLogger, NullLogger, StdoutLogger
+from tria.tracking import JsonlLogger, MLflowLogger, NullLogger, StdoutLogger, experiment_url
 
 SIZES = {  # named model sizes (SPEC 3.1); `model.overrides` changes any field
     "small": dict(n_channels=512, n_layers=12, n_heads=8, p_dropout=0.2),
@@ -287,7 +287,8 @@ class Trainer:
                               run_id=m.run_id or self.state.mlflow_run_id or None, run_dir=str(self.run_dir))
             self.state.mlflow_run_id = ml.run_id
             loggers.append(ml)
-            print(f"[train] MLflow run {ml.run_id} at {m.tracking_uri} (experiment {m.experiment})", flush=True)
+            print(f"[train] MLflow run {ml.run_id} at {m.tracking_uri} (experiment {m.experiment}): {_ui_link(ml)}",
+                  flush=True)
         logger = _Fanout(loggers)
         resolved = to_dict(self.cfg)
         logger.log_config(resolved)
@@ -560,6 +561,12 @@ class _Fanout:
             for lg in self.loggers:
                 getattr(lg, name)(*args, **kwargs)
         return call
+
+
+def _ui_link(ml: MLflowLogger) -> str:
+    """The run in MLflow's model-training view (MLflow 3 opens experiments in its GenAI view otherwise)."""
+    run = ml._call(ml._client.get_run, ml.run_id) if ml._online else None
+    return experiment_url(ml.tracking_uri, run.info.experiment_id, ml.run_id) if run else "(server unreachable)"
 
 
 def _codebook_metrics(prefix: str, loss_sum: torch.Tensor, count: torch.Tensor, correct: torch.Tensor) -> dict:
