@@ -565,7 +565,10 @@ class _Fanout:
 
 def _ui_link(ml: MLflowLogger) -> str:
     """The run in MLflow's model-training view (MLflow 3 opens experiments in its GenAI view otherwise)."""
-    run = ml._call(ml._client.get_run, ml.run_id) if ml._online else None
+    try:
+        run = ml._call(ml._client.get_run, ml.run_id) if ml._online else None
+    except Exception:  # the server went away just now: no link, training goes on
+        run = None
     return experiment_url(ml.tracking_uri, run.info.experiment_id, ml.run_id) if run else "(server unreachable)"
 
 
