@@ -255,9 +255,10 @@ class Launcher:
                 f.write(line)
                 f.flush()
                 locked = locked or CATALOGUE_LOCKED in line
-                if line.startswith(("[train]", "step ", "[eval]", "config error", "checkpoint error", "error")):
-                    with self.lock:
-                        print(f"  [{name}] {line.rstrip()}", flush=True)
+                for part in line.rstrip().split("\r"):  # tqdm's bar and a step line can share a line
+                    if part.startswith(("[train]", "step ", "[eval]", "config error", "checkpoint error", "error")):
+                        with self.lock:
+                            print(f"  [{name}] {part}", flush=True)
             return proc.wait(), locked
 
     def train(self, v: Variant, run_id: str, resume: bool) -> int:
