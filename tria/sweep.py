@@ -513,7 +513,8 @@ def report_markdown(parent, rows: list[dict[str, Any]]) -> str:
     out = [f"# Sweep `{name}` (parent run `{parent.info.run_id}`)", ""]
     n_coarse = rows[0]["n_coarse"] if rows else 4
     coarse, fine = range(n_coarse), range(n_coarse, N_CODEBOOKS)
-    out += [f"Validation metrics are the last logged values (fixed validation set, every codebook drawn); "
+    out += [f"Validation metrics are the last logged values (fixed validation set; with `val_every_codebook` every "
+            "excerpt on every codebook, val loss itself on one drawn codebook); "
             f"coarse = codebooks 0-{n_coarse - 1}, fine = {n_coarse}-{N_CODEBOOKS - 1}. "
             "wall = MLflow run start to end (includes waits after a kill); train = time in training steps "
             "and data waits.", ""]
