@@ -328,13 +328,14 @@ class MLflowLogger:
             raise ValueError(f"artifact {path} does not exist")
         self._submit({"kind": "artifact", "path": os.path.abspath(path)})
 
-    def close(self) -> None:
-        """Flushes the buffer (one last attempt), then marks the run FINISHED if this logger made it."""
+    def close(self, status: str = "FINISHED") -> None:
+        """Flushes the buffer (one last attempt), then marks the run ``status`` (FINISHED, FAILED) if this
+        logger owns it."""
         if self._closed:
             return
         self._closed = True
         if self._owns_run:
-            self._submit({"kind": "end", "status": "FINISHED"}, force_retry=True)
+            self._submit({"kind": "end", "status": status}, force_retry=True)
         else:
             self._flush_if_due(force=True)
         if self.buffer_path.exists():
@@ -492,10 +493,7 @@ class MLflowLogger:
             run = self._call(client.get_run, self.run_id)
             self._existing_params = dict(run.data.params) if run is not None else {}
             return
-        experiment = self._call(client.get_experiment_by_name, self.experiment)
-        experiment_id = (
-            experiment.experiment_id if experiment else self._call(client.create_experiment, self.experiment)
-        )
+        experiment_id = self._call(ensure_experiment, client, self.experiment)
         tags = dict(self._tags)
         if active is not None:
             tags["mlflow.parentRunId"] = active.info.run_id
@@ -512,7 +510,7 @@ class MLflowLogger:
         base = self.tracking_uri.rstrip("/")
         if self.experiment_id is None:
             return f"{base}/#/runs/{self.run_id}"  # the UI redirects to the run's experiment
-        return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return experiment_url(base, self.experiment_id, self.run_id)
 
     def _flush_if_due(self, force: bool = False) -> None:
         if self._online and not self.buffer_path.exists():
@@ -557,6 +555,29 @@ class MLflowLogger:
         }
         tmp.write_text("".join(json.dumps(r) + "\n" for r in [head, *records]), encoding="utf-8")
         os.replace(tmp, self.buffer_path)
+
+
+# MLflow 3 opens an experiment in its GenAI view (traces) unless told it holds model training. The tag is
+# read by MLflow's UI and API (`mlflow.experimentKind`, values in mlflow/server/js: "genai_development",
+# "custom_model_development", ...). MLflow 3.17's UI also follows its global workflow switch
+# (`?workflowType=machine_learning` in a link sets it): see `experiment_url`.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def ensure_experiment(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created if missing, tagged as a model-training experiment."""
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    if experiment is None or experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment_id
+
+
+def experiment_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A UI link that opens the experiment (or run) in MLflow's model-training view."""
+    base = tracking_uri.rstrip("/") + f"/#/experiments/{experiment_id}"
+    return base + (f"/runs/{run_id}" if run_id else "") + "?workflowType=machine_learning"
 
 
 def replay_buffer(run_dir: str | os.PathLike, tracking_uri: str | None = None) -> str | None:

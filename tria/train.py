@@ -104,6 +104,7 @@ class MlflowConfig:
     tracking_uri: str = ""  # "" = no MLflow (JSONL + stdout only)
     experiment: str = "tria"
     run_name: str = ""
+    run_id: str = ""  # log into this existing run (a sweep's child run) instead of creating one
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,8 @@ class TrainConfig:
     sample_every: int = 2000  # 0 = never
     n_samples: int = 4
     ckpt_every: int = 2000
+    # val/*_cbK from every example on every codebook its tier allows (K more passes), not one drawn codebook
+    val_every_codebook: bool = False
     amp: bool = True  # fp16 autocast + GradScaler, CUDA only (as the authors)
     device: str = "auto"
     model: ModelSection = field(default_factory=ModelSection)
@@ -335,7 +338,7 @@ class Trainer:
         m = self.cfg.mlflow
         if m.tracking_uri:
             ml = MLflowLogger(m.tracking_uri, m.experiment, run_name=m.run_name or self.cfg.name,
-                              run_id=self.state.mlflow_run_id or None, run_dir=str(self.run_dir))
+                              run_id=m.run_id or self.state.mlflow_run_id or None, run_dir=str(self.run_dir))
             self.state.mlflow_run_id = ml.run_id
             loggers.append(ml)
             print(f"[train] MLflow run {ml.run_id} at {m.tracking_uri} (experiment {m.experiment})", flush=True)
@@ -424,7 +427,7 @@ class Trainer:
 
     # -- the step -----------------------------------------------------------------------------
 
-    def _masks(self, batch: dict[str, Any], step: int, train: bool) -> dict[str, torch.Tensor]:
+    def _masks(self, batch: dict[str, Any], step: int, train: bool, codebook: int | None = None) -> dict[str, torch.Tensor]:
         tokens = batch["tokens"]
         B = tokens.shape[0]
         # Per-example seeds: unique per (step, rank, slot) and independent of the world size layout,
@@ -433,13 +436,18 @@ class Trainer:
         idx = [base + i for i in range(B)] if train else [10_000_000 + base + i for i in range(B)]
         mask_cfg = self.cfg.mask if train else dataclasses.replace(self.cfg.mask, p_cfg_dropout=0.0)
         allowed = allowed_codebooks(list(batch["tier"]), self.cfg.curriculum)
+        if codebook is not None:  # force it where the tier allows it, else codebook 0 (the caller ignores those)
+            only = torch.zeros_like(allowed)
+            only[:, codebook] = allowed[:, codebook]
+            only[~allowed[:, codebook], 0] = True
+            allowed = only
         weights = codebook_weights(step, self.cfg.curriculum) if train else None  # val: every allowed codebook
         return build_training_batch(tokens, batch["lengths"], idx, mask_cfg, allowed, weights)
 
-    def _forward_loss(self, batch: dict[str, Any], step: int, train: bool):
+    def _forward_loss(self, batch: dict[str, Any], step: int, train: bool, codebook: int | None = None):
         tokens = batch["tokens"].to(self.device)
         feats = batch["feats"].to(self.device)
-        m = self._masks({**batch, "tokens": tokens}, step, train)
+        m = self._masks({**batch, "tokens": tokens}, step, train, codebook)
         net = self.state.ddp if train else self.state.model
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
             logits = net(tokens, feats, m["codebook"], m["tokens_mask"], m["feats_mask"], m["lengths"])
@@ -489,9 +497,15 @@ class Trainer:
             if i >= cfg.data.val_batches:
                 break
             out, _ = self._forward_loss(batch, i, train=False)
+            per_cb = [out.codebook_loss_sum, out.codebook_count, out.codebook_correct]
+            if cfg.val_every_codebook:
+                per_cb = [torch.zeros_like(t) for t in per_cb]
+                for k in range(K):
+                    o, _ = self._forward_loss(batch, i, train=False, codebook=k)
+                    for acc, t in zip(per_cb, (o.codebook_loss_sum, o.codebook_count, o.codebook_correct)):
+                        acc[k] += t[k]
             tot += torch.cat([out.loss_sum.float().reshape(1).cpu(), out.n_tokens.float().reshape(1).cpu(),
-                              out.codebook_loss_sum.float().cpu(), out.codebook_count.float().cpu(),
-                              out.codebook_correct.float().cpu()])
+                              *[t.float().cpu() for t in per_cb]])
         tot = _all_reduce(tot.to(self.device), self.dist).cpu()
         metrics = {"val/loss": (tot[0] / tot[1].clamp_min(1)).item()}  # per target token
         metrics.update(_codebook_metrics("val", tot[2:2 + K], tot[2 + K:2 + 2 * K], tot[2 + 2 * K:2 + 3 * K]))
@@ -604,6 +618,9 @@ class Trainer:
         self.state.train_loader.close()
         if hasattr(self, "_keys_file"):
             self._keys_file.close()
+        for lg in getattr(self.logger, "loggers", []):  # a failed run must not read FINISHED in MLflow
+            if isinstance(lg, MLflowLogger):
+                lg.close("FINISHED" if status == "done" else "FAILED")
         self.logger.close()
         if self.is_main and self.state.mlflow_run_id:
             from pipelines.catalogue import Catalogue

@@ -29,6 +29,7 @@ ADAPTERS: dict[str, str] = {
     "noise": "pipelines.sources.noise",
     "local_folder": "pipelines.sources.local_folder",
     "hydrogen": "pipelines.sources.hydrogen",
+    "hydrogen_simsep": "pipelines.sources.hydrogen_simsep",
 }
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "sources.yaml"

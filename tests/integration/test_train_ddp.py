@@ -128,12 +128,13 @@ def test_two_node_rendezvous_trains_the_global_batches_of_one_node(tmp_path, mlf
 
     urls = [line for out, _ in outs for line in out.splitlines() if line.startswith("MLflow run: ")]
     assert len(urls) == 1 and urls[0].startswith(f"MLflow run: {mlflow_server}/#/experiments/"), urls
-    run_id = urls[0].rsplit("/", 1)[1]
+    run_id = urls[0].split("?")[0].rsplit("/", 1)[1]
     client = MlflowClient(mlflow_server)
     run = client.get_run(run_id)
     assert run.info.run_name == "two" and run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2, 3, 4, 5, 6]
-    assert urls[0] == f"MLflow run: {mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    assert urls[0] == (f"MLflow run: {mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+                       "?workflowType=machine_learning")
 
 
 def test_train_sh_help_and_bad_arguments(tmp_path):

@@ -103,6 +103,20 @@ class TestCurriculum:
         assert seen == {0, 1, 2, 3}
         trainer.close()
 
+    def test_validation_on_every_allowed_codebook(self, corpus):
+        cfg = load_train_config(str(train_yaml(corpus, "valcb")), ["data.val_batches=1"])
+        trainer = Trainer(cfg)
+        drawn = trainer.validate()  # default: one drawn codebook per example (4 examples: at most 4 codebooks)
+        assert len([k for k in drawn if k.startswith("val/loss_cb")]) <= 4
+        every = Trainer(load_train_config(str(train_yaml(corpus, "valcb")),
+                                          ["data.val_batches=1", "val_every_codebook=true"])).validate()
+        assert {f"val/loss_cb{k}" for k in range(9)} <= set(every)
+        assert every["val/loss"] == drawn["val/loss"]  # the overall loss keeps its single-draw definition
+        sep = Trainer(load_train_config(str(train_yaml(corpus, "valsep")), [
+            "data.val_batches=1", "val_every_codebook=true", "data.val_split=train", "data.tiers=[separated]"]))
+        assert {k for k in sep.validate() if k.startswith("val/loss_cb")} == {f"val/loss_cb{k}" for k in range(4)}
+        trainer.close()
+
     def test_allowed_sets_and_schedule(self):
         cfg = CurriculumConfig.coarse_first(end_step=100)
         allowed = allowed_codebooks(["isolated", "separated", "synthetic"], cfg)

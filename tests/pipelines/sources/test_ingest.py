@@ -40,6 +40,12 @@ def _configure(name: str, server, corpora, tmp_path: Path):
         return get_source(name, location=corpora.local_folder(tmp_path / "user"))
     if name == "hydrogen":  # procedural kits only: no apt, no network
         return get_source(name, n_loops=2, seconds_per_loop=1.0, n_gestures=1, use_apt=False, seed=3)
+    if name == "hydrogen_simsep":  # over a tiny procedural demo corpus
+        from pipelines.demo.build import build_demo_corpus
+
+        build_demo_corpus(tmp_path / "demo", n_loops=2, seconds_per_loop=1.0, n_gestures=1, use_apt=False,
+                                   seed=3)
+        return get_source(name, location=tmp_path / "demo", n_loops=2)
     raise AssertionError(name)
 
 
@@ -53,7 +59,8 @@ def _snapshot(cat: Catalogue) -> dict[str, list[tuple]]:
     return out
 
 
-TESTED = ["musdb18hq", "moisesdb", "fsl10k", "mtg_jamendo", "rir", "noise", "local_folder", "hydrogen"]
+TESTED = ["musdb18hq", "moisesdb", "fsl10k", "mtg_jamendo", "rir", "noise", "local_folder", "hydrogen",
+          "hydrogen_simsep"]
 
 
 def test_every_registered_source_is_tested_here():
