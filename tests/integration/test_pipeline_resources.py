@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from pipeline_fixtures import make_drums, make_mix
 from pipelines.run import load_pipeline_config, run
+from ray_fixtures import pipeline_yaml, read_shards
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,40 +25,6 @@ def corpus(tmp_path_factory):
     return audio
 
 
-def _config(root: Path, audio: Path) -> Path:
-    cfg = {
-        "name": "res",
-        "sources": [
-            {"name": "local_folder", "location": str(audio), "include": ["loop_*"], "tier": "isolated",
-             "licence": "test"},
-            {"name": "local_folder", "location": str(audio), "include": ["song_*"], "role": "mix",
-             "tier": "separated", "licence": "test", "split": "train"}],
-        "filter": {"region_s": 7.0, "loudness_cutoff_db": -50.0},
-        "prompts": {"n_variants": 2, "augment": {"preset": "release"}, "features": {"preset": "release"}},
-        "codec": {"weights": "random", "size": "tiny"},
-        "separate": {"weights": "random"},
-        "shard": {"samples_per_shard": 4},
-        "ray": {"prompt_batch_size": 1, "tokenize_batch_size": 1},  # one excerpt per block: work to share
-    }
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
-    return root / "pipeline.yaml"
-
-
-def read_shards(shard_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    out = {}
-    for path in sorted(shard_dir.rglob("*.tar")):
-        with tarfile.open(path) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for name in members:
-            if name.endswith(".json"):
-                key = json.loads(members[name])["key"]
-                assert key not in out, f"{key} is in two shards"
-                out[key] = (np.load(io.BytesIO(members[f"{name[:-5]}.tokens.npy"])),
-                            np.load(io.BytesIO(members[f"{name[:-5]}.feats.npy"])))
-    return out
-
-
 def _run_on(ray_kwargs: dict, root: Path, audio: Path) -> tuple[str, list, dict]:
     """The pipeline on a fresh local Ray; its log, the actors Ray ran (state API) and the shards."""
     import ray
@@ -70,12 +34,14 @@ def _run_on(ray_kwargs: dict, root: Path, audio: Path) -> tuple[str, list, dict]
     with contextlib.redirect_stdout(log):  # the plan lines, and the actors' logs that Ray forwards
         ray.init(address="local", include_dashboard=True, log_to_driver=True, **ray_kwargs)
         try:
-            run(load_pipeline_config(str(_config(root, audio)), [f"root={root}"]))
+            run(load_pipeline_config(str(pipeline_yaml(root, audio, mix=True)), [f"root={root}"]))
             actors = list_actors(address=ray.get_runtime_context().gcs_address, detail=True, limit=1000)
         finally:
             ray.shutdown()
     print(log.getvalue()[-5000:])
-    return log.getvalue(), actors, read_shards(root / "data" / "shards")
+    samples, keys = read_shards(root / "data" / "shards")
+    assert len(keys) == len(samples), "no sample is in two shards"
+    return log.getvalue(), actors, samples
 
 
 def _actors(actors: list, cls: str) -> list:
