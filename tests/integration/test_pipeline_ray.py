@@ -103,6 +103,9 @@ def clean_run(ray_head, corpus, tmp_path_factory):
 def test_rows_shards_and_rejects(clean_run):
     root, log = clean_run
     assert "pipeline it: done" in log and "shards (this config)" in log
+    # CPU-only head: the GPU stages' actors ask for CPUs, their pools may grow to its 2 CPUs, prompts are CPU tasks
+    assert "[tokenize] actor pool 1..2 actors, each asks for CPU 1; prompts on CPU tasks" in log
+    assert "[separate] actor pool 1..2 actors, each asks for CPU 1" in log
     samples, keys = _read_shards(root)
     assert len(keys) == len(set(keys)) > 0, "sample keys are unique across shards"
     for key, (tokens, feats, meta) in samples.items():

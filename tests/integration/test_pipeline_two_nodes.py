@@ -1,7 +1,8 @@
 """A real two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head and a second node, each
-with its own raylet and workers): the codec actors are pinned to the second node by a custom resource, the
-pipeline is submitted with ``orchestration/submit_pipeline.sh`` (``ray job submit``), and the second node
-is removed mid-run. A replacement node with the same resource joins (what an autoscaler does); the job
+with its own raylet and workers). The second node declares 2 GPUs (this machine has none: the actors fall
+back to the CPU and say so) and a ``codec`` resource that pins the codec actors to it. The pipeline is
+submitted with ``orchestration/submit_pipeline.sh`` (``ray job submit``); Ray's state API shows what the
+actors asked for and where they ran. Then the second node is removed mid-run. A replacement node with the same resource joins (what an autoscaler does); the job
 finishes through Ray's actor restarts and task retries, with nothing lost and nothing duplicated."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from net import free_port
-from pipeline_fixtures import make_drums
+from pipeline_fixtures import make_drums, make_mix
 from pipelines.catalogue import Catalogue
 from ray_fixtures import pipeline_yaml, read_shards
 
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 SUBMIT = REPO / "orchestration" / "submit_pipeline.sh"
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CODEC = {"tokenize": {"resources": {"codec": 1}}}  # the codec actors need the second node's resource
+GPU_NODE = dict(num_cpus=2, num_gpus=2, resources={"codec": 2})
 
 
 @pytest.fixture(scope="module")
@@ -38,23 +40,40 @@ def cluster():
         # The job's `python` is found on the head's PATH; clients and nodes agree on token auth.
         mp.setenv("PATH", f"{venv_bin}:{os.environ['PATH']}")
         mp.setenv("RAY_AUTH_MODE", "token")
-        ports = dict(port=free_port(), dashboard_port=free_port(), dashboard_agent_listen_port=free_port(),
-                     ray_client_server_port=free_port())
-        c = Cluster(initialize_head=True, head_node_args=dict(num_cpus=2, include_dashboard=True,
-                                                              dashboard_host="127.0.0.1", temp_dir=temp, **ports))
+        _refresh_ray_auth()  # this process reads the mode once; make it see the variable
+        dashboard_port = free_port()
+        c = Cluster(initialize_head=True, head_node_args=dict(
+            num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port,
+            gcs_server_port=free_port(), ray_client_server_port=free_port(), **_node_ports(temp)))
         try:
-            node = c.add_node(num_cpus=1, resources={"codec": 1}, dashboard_agent_listen_port=free_port())
+            node = c.add_node(**GPU_NODE, **_node_ports(temp))
             c.wait_for_nodes()
-            yield c, f"http://127.0.0.1:{ports['dashboard_port']}", node
+            yield c, f"http://127.0.0.1:{dashboard_port}", node
         finally:
             c.shutdown()
             shutil.rmtree(temp, ignore_errors=True)
+    _refresh_ray_auth()
+
+
+def _node_ports(temp: str) -> dict:
+    """Free ports for one node's agents, and this test's temp folder. Ray's defaults (a fixed agent port,
+    /tmp/ray) are shared with every other Ray on the machine: a node then talked to another cluster's
+    runtime-env agent (seen here: RuntimeEnvSetupError naming another checkout's venv)."""
+    return dict(temp_dir=temp, dashboard_agent_listen_port=free_port(), runtime_env_agent_port=free_port(),
+                metrics_agent_port=free_port(), metrics_export_port=free_port())
+
+
+def _refresh_ray_auth() -> None:
+    from ray._private.authentication.authentication_token_setup import Config
+
+    Config.initialize("")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     audio = tmp_path_factory.mktemp("audio")
-    make_drums(audio, n_loops=4, seconds=14.0, bad=False)  # 8 excerpts
+    make_drums(audio, n_loops=3, seconds=14.0, bad=False)  # 6 excerpts
+    make_mix(audio, seconds=6.0)  # 1 more, through the separate stage
     return audio
 
 
@@ -64,10 +83,10 @@ def _submit(url: str, cfg: Path, root: Path, **popen) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def _codec_actors(gcs: str) -> list:
+def _actors(gcs: str, cls: str = "Tokenizer") -> list:
     from ray.util.state import list_actors
 
-    return [a for a in list_actors(address=gcs, detail=True, limit=1000) if "Tokenizer" in a.class_name]
+    return [a for a in list_actors(address=gcs, detail=True, limit=1000) if cls in a.class_name]
 
 
 def _check_catalogue(root: Path) -> set[str]:
@@ -80,7 +99,7 @@ def _check_catalogue(root: Path) -> set[str]:
                              "WHERE s.status = 'ok'").rows
         runs = cat.execute("SELECT status FROM pipeline_runs").rows
     assert sorted(r[0] for r in linked) == sorted(excerpts) == sorted(samples), "nothing lost, nothing twice"
-    assert runs and all(r == ("finished",) for r in runs), runs
+    assert runs and all(r == ("done",) for r in runs), runs
     assert not list((root / "data" / "shards").rglob("*.tmp"))
     return set(samples)
 
@@ -89,23 +108,29 @@ def _check_catalogue(root: Path) -> set[str]:
 def clean_run(cluster, corpus, tmp_path_factory):
     c, url, node = cluster
     root = tmp_path_factory.mktemp("clean")
-    proc = _submit(url, pipeline_yaml(root, corpus, ray=CODEC), root)
+    proc = _submit(url, pipeline_yaml(root, corpus, mix=True, ray=CODEC), root)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-5000:]
-    return root, out, _codec_actors(c.gcs_address)
+    return root, out, _actors(c.gcs_address), _actors(c.gcs_address, "Separator")
 
 
-def test_codec_actors_run_on_the_second_node_and_the_script_prints_the_summary(cluster, clean_run):
+def test_gpu_actors_on_the_second_node_and_the_script_prints_the_summary(cluster, clean_run):
     c, _, node = cluster
-    root, out, actors = clean_run
-    assert actors, "no codec actor found through the state API"
-    for a in actors:
-        assert a.node_id == node.node_id != c.head_node.node_id, "codec actors run on the second node"
-        assert a.required_resources.get("codec") == 1.0, a.required_resources
-    assert "[tokenize] actor pool 1..1 actors, each asks for CPU 1, codec 1" in out  # 1 codec unit: 1 actor
+    root, out, codec_actors, separators = clean_run
+    assert codec_actors and separators, "actors not found through the state API"
+    for a in codec_actors:  # prompts run on the codec actors, which hold the GPUs
+        assert "PromptsTokenizer" in a.class_name and a.node_id == node.node_id != c.head_node.node_id
+        assert a.required_resources.get("GPU") == 1.0 and a.required_resources.get("codec") == 1.0, a.required_resources
+    for a in separators:
+        assert a.required_resources.get("GPU") == 1.0 and a.node_id == node.node_id, a.required_resources
+    # the pools may grow to the cluster's 2 GPUs (and 2 codec units), no further
+    assert "[tokenize] actor pool 1..2 actors, each asks for GPU 1, codec 1; prompts on the codec actors" in out
+    assert "[separate] actor pool 1..2 actors, each asks for GPU 1" in out
+    assert len({a.actor_id for a in codec_actors}) <= 2
+    assert "Ray gave this actor GPU" in out and "torch sees no CUDA device" in out, "the CPU fallback is said"
     assert "pipeline cluster-test: done" in out
     assert "==> catalogue summary" in out and "shards (ok)" in out and "excerpts" in out
-    assert len(_check_catalogue(root)) == 8
+    assert len(_check_catalogue(root)) == 7
 
 
 def test_remove_the_codec_node_mid_run(cluster, corpus, clean_run, tmp_path):
@@ -120,16 +145,16 @@ def test_remove_the_codec_node_mid_run(cluster, corpus, clean_run, tmp_path):
         n_before = len(list(shard_dir.rglob("shard-*.tar")))
         assert proc.poll() is None and n_before, "the run must be in its shard stage, not finished"
         c.remove_node(node, allow_graceful=False)  # the codec node dies: its actor and batches with it
-        replacement = c.add_node(num_cpus=1, resources={"codec": 1}, dashboard_agent_listen_port=free_port())
+        replacement = c.add_node(**GPU_NODE, **_node_ports(c.head_node.get_temp_dir_path()))
         out, _ = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out[-5000:]
     keys = _check_catalogue(root)
-    assert keys == _check_catalogue(clean_run[0]), "the same samples as the run that lost no node"
+    assert len(keys) == 6 and keys < _check_catalogue(clean_run[0]), "the clean run's samples, less the mix"
     assert len(list(shard_dir.rglob("shard-*.tar"))) > n_before, "the rest was written after the node went"
-    actors = [a for a in _codec_actors(c.gcs_address) if a.job_id != clean_run[2][0].job_id]
+    actors = [a for a in _actors(c.gcs_address) if a.job_id != clean_run[2][0].job_id]
     nodes = {a.node_id for a in actors}
     assert replacement.node_id in nodes or any(a.num_restarts for a in actors), \
         "the codec actor was restarted on the replacement node"

@@ -99,3 +99,25 @@ def test_actor_device_outside_ray_and_explicit(monkeypatch, capsys):
     assert "[tokenize] Ray gave this actor GPU 1, but torch sees no CUDA device" in capsys.readouterr().out
     monkeypatch.setattr(R.torch.cuda, "is_available", lambda: True)
     assert actor_device("auto") == "cuda:0", "the GPU Ray gave is the actor's device 0"
+
+
+def test_prompts_on_the_codec_actor_equal_prompts_as_cpu_tasks(tmp_path):
+    """The two placements of the prompts stage give the same tokens and features (here both on the CPU)."""
+    import numpy as np
+
+    from pipeline_fixtures import make_drums
+    from pipelines.stages.prompts import PromptConfig, prompts_batch
+    from pipelines.stages.tokenize import PromptsTokenizer, Tokenizer
+    from tria.codec import CodecConfig
+
+    path = str(make_drums(tmp_path, n_loops=1, seconds=7.0, bad=False)[0])
+    batch = {"key": np.asarray(["a", "b"]), "path": np.asarray([path, path]), "offset_s": np.asarray([0.0, 0.5]),
+             "duration_s": np.asarray([6.0, 6.0]), "split": np.asarray(["train", "val"])}
+    prompts = PromptConfig(n_variants=2)
+    codec = CodecConfig(weights="random", size="tiny", device="cpu")
+    fused = PromptsTokenizer(codec, prompts, ("val",))(dict(batch))
+    apart = Tokenizer(codec, ("val",))(prompts_batch(dict(batch), prompts))
+    assert fused.keys() == apart.keys() and "audio" not in fused
+    for k in ("tokens", "feats", "n_frames", "ok"):
+        assert np.array_equal(fused[k], apart[k]), k
+    assert fused["flac"][1] == apart["flac"][1] != b"" and fused["flac"][0] == b""
