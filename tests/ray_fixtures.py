@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import shutil
+import sys
 import tarfile
+import tempfile
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import yaml
@@ -47,3 +53,52 @@ def read_shards(shard_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray
                 samples[key] = (np.load(io.BytesIO(members[f"{name[:-5]}.tokens.npy"])),
                                 np.load(io.BytesIO(members[f"{name[:-5]}.feats.npy"])))
     return samples, keys
+
+
+@contextlib.contextmanager
+def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any, str, Callable[..., Any]]]:
+    """A multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: one raylet and its workers per
+    node) with token auth, free ports and its own temp folder. Yields ``(cluster, job_url, add_node)``;
+    ``add_node(**node_args)`` starts one more node (``num_cpus``, ``num_gpus``, ``resources`` ...).
+
+    Free ports and a private temp folder, because Ray's defaults (a fixed agent port, /tmp/ray) are shared
+    with every other Ray on the machine: a node then talked to another cluster's runtime-env agent (seen
+    here: RuntimeEnvSetupError naming another checkout's venv). The venv's bin goes first on PATH: a
+    submitted job's ``python`` is found on the head's PATH.
+    """
+    from ray.cluster_utils import Cluster
+
+    from net import free_port
+
+    temp = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+
+    def ports() -> dict:
+        return dict(temp_dir=temp, dashboard_agent_listen_port=free_port(), runtime_env_agent_port=free_port(),
+                    metrics_agent_port=free_port(), metrics_export_port=free_port())
+
+    saved = {k: os.environ.get(k) for k in ("PATH", "RAY_AUTH_MODE")}
+    os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    os.environ["RAY_AUTH_MODE"] = "token"
+    _refresh_ray_auth()  # this process read the mode at import; nodes and clients must agree
+    dashboard_port = free_port()
+    head = dict(num_cpus=head_cpus, gcs_server_port=free_port(), ray_client_server_port=free_port(), **ports())
+    if dashboard:
+        head.update(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
+    c = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        yield c, f"http://127.0.0.1:{dashboard_port}", lambda **node: c.add_node(**node, **ports())
+    finally:
+        c.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _refresh_ray_auth()
+
+
+def _refresh_ray_auth() -> None:
+    from ray._private.authentication.authentication_token_setup import Config
+
+    Config.initialize("")

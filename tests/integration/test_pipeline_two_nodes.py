@@ -8,20 +8,16 @@ finishes through Ray's actor restarts and task retries, with nothing lost and no
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from net import free_port
 from pipeline_fixtures import make_drums, make_mix
 from pipelines.catalogue import Catalogue
-from ray_fixtures import pipeline_yaml, read_shards
+from ray_fixtures import local_cluster, pipeline_yaml, read_shards
 
 REPO = Path(__file__).resolve().parents[2]
 SUBMIT = REPO / "orchestration" / "submit_pipeline.sh"
@@ -32,41 +28,10 @@ GPU_NODE = dict(num_cpus=2, num_gpus=2, resources={"codec": 2})
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
-
-    venv_bin = str(Path(sys.executable).parent)
-    temp = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    with pytest.MonkeyPatch.context() as mp:
-        # The job's `python` is found on the head's PATH; clients and nodes agree on token auth.
-        mp.setenv("PATH", f"{venv_bin}:{os.environ['PATH']}")
-        mp.setenv("RAY_AUTH_MODE", "token")
-        _refresh_ray_auth()  # this process reads the mode once; make it see the variable
-        dashboard_port = free_port()
-        c = Cluster(initialize_head=True, head_node_args=dict(
-            num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port,
-            gcs_server_port=free_port(), ray_client_server_port=free_port(), **_node_ports(temp)))
-        try:
-            node = c.add_node(**GPU_NODE, **_node_ports(temp))
-            c.wait_for_nodes()
-            yield c, f"http://127.0.0.1:{dashboard_port}", node
-        finally:
-            c.shutdown()
-            shutil.rmtree(temp, ignore_errors=True)
-    _refresh_ray_auth()
-
-
-def _node_ports(temp: str) -> dict:
-    """Free ports for one node's agents, and this test's temp folder. Ray's defaults (a fixed agent port,
-    /tmp/ray) are shared with every other Ray on the machine: a node then talked to another cluster's
-    runtime-env agent (seen here: RuntimeEnvSetupError naming another checkout's venv)."""
-    return dict(temp_dir=temp, dashboard_agent_listen_port=free_port(), runtime_env_agent_port=free_port(),
-                metrics_agent_port=free_port(), metrics_export_port=free_port())
-
-
-def _refresh_ray_auth() -> None:
-    from ray._private.authentication.authentication_token_setup import Config
-
-    Config.initialize("")
+    with local_cluster(head_cpus=2, dashboard=True) as (c, url, add_node):
+        node = add_node(**GPU_NODE)
+        c.wait_for_nodes()
+        yield c, url, node, add_node
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +71,7 @@ def _check_catalogue(root: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def clean_run(cluster, corpus, tmp_path_factory):
-    c, url, node = cluster
+    c, url, node, add_node = cluster
     root = tmp_path_factory.mktemp("clean")
     proc = _submit(url, pipeline_yaml(root, corpus, mix=True, ray=CODEC), root)
     out, _ = proc.communicate(timeout=900)
@@ -115,7 +80,7 @@ def clean_run(cluster, corpus, tmp_path_factory):
 
 
 def test_gpu_actors_on_the_second_node_and_the_script_prints_the_summary(cluster, clean_run):
-    c, _, node = cluster
+    c, _, node, _ = cluster
     root, out, codec_actors, separators = clean_run
     assert codec_actors and separators, "actors not found through the state API"
     for a in codec_actors:  # prompts run on the codec actors, which hold the GPUs
@@ -134,7 +99,7 @@ def test_gpu_actors_on_the_second_node_and_the_script_prints_the_summary(cluster
 
 
 def test_remove_the_codec_node_mid_run(cluster, corpus, clean_run, tmp_path):
-    c, url, node = cluster
+    c, url, node, add_node = cluster
     root = tmp_path / "removed"
     shard_dir = root / "data" / "shards"
     proc = _submit(url, pipeline_yaml(root, corpus, per_shard=2, ray=CODEC), root)
@@ -145,7 +110,7 @@ def test_remove_the_codec_node_mid_run(cluster, corpus, clean_run, tmp_path):
         n_before = len(list(shard_dir.rglob("shard-*.tar")))
         assert proc.poll() is None and n_before, "the run must be in its shard stage, not finished"
         c.remove_node(node, allow_graceful=False)  # the codec node dies: its actor and batches with it
-        replacement = c.add_node(**GPU_NODE, **_node_ports(c.head_node.get_temp_dir_path()))
+        replacement = add_node(**GPU_NODE)
         out, _ = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
