@@ -18,15 +18,15 @@ import yaml
 
 
 def pipeline_yaml(root: Path, audio: Path, mix: bool = False, per_shard: int = 4, batch: int = 1,
-                  ray: dict | None = None) -> Path:
+                  ray: dict | None = None, include: tuple[str, ...] = ("loop_*",), name: str = "cluster-test") -> Path:
     """``root/pipeline.yaml`` over the loops (and the mix) of ``audio``: tiny random codec, release features."""
-    sources = [{"name": "local_folder", "location": str(audio), "include": ["loop_*"], "tier": "isolated",
+    sources = [{"name": "local_folder", "location": str(audio), "include": list(include), "tier": "isolated",
                 "licence": "test"}]
     if mix:
         sources.append({"name": "local_folder", "location": str(audio), "include": ["song_*"], "role": "mix",
                         "tier": "separated", "licence": "test", "split": "train"})
     cfg = {
-        "name": "cluster-test",
+        "name": name,
         "sources": sources,
         "filter": {"region_s": 7.0, "loudness_cutoff_db": -50.0},  # random-init Demucs output is quiet
         "prompts": {"n_variants": 2, "augment": {"preset": "release"}, "features": {"preset": "release"}},

@@ -84,10 +84,13 @@ def test_gpu_actors_on_the_second_node_and_the_script_prints_the_summary(cluster
     root, out, codec_actors, separators = clean_run
     assert codec_actors and separators, "actors not found through the state API"
     for a in codec_actors:  # prompts run on the codec actors, which hold the GPUs
-        assert "PromptsTokenizer" in a.class_name and a.node_id == node.node_id != c.head_node.node_id
+        assert "PromptsTokenizer" in a.class_name
         assert a.required_resources.get("GPU") == 1.0 and a.required_resources.get("codec") == 1.0, a.required_resources
     for a in separators:
-        assert a.required_resources.get("GPU") == 1.0 and a.node_id == node.node_id, a.required_resources
+        assert a.required_resources.get("GPU") == 1.0, a.required_resources
+    # where they ran (an actor the pool started and dropped again before placement has no node)
+    placed = {a.node_id for a in codec_actors + separators if a.node_id}
+    assert placed == {node.node_id} and node.node_id != c.head_node.node_id, "all ran on the second node"
     # the pools may grow to the cluster's 2 GPUs (and 2 codec units), no further
     assert "[tokenize] actor pool 1..2 actors, each asks for GPU 1, codec 1; prompts on the codec actors" in out
     assert "[separate] actor pool 1..2 actors, each asks for GPU 1" in out
