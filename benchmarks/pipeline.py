@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ray-stems", type=int, default=4, help="loops of 14 s (2 excerpts each) for the Ray runs")
     ap.add_argument("--node-cpus", type=int, default=1, help="CPUs of each Ray node")
     ap.add_argument("--node-gpus", type=int, default=0, help="GPUs of each Ray node (declared to Ray)")
+    ap.add_argument("--skip-stages", action="store_true", help="only the whole pipeline on Ray (no per-stage table)")
     args = ap.parse_args(argv)
     C.setup(args)
     if args.device != "cpu":
@@ -177,6 +178,25 @@ def main(argv: list[str] | None = None) -> None:
                          "benchmarked here")
     if args.quick:
         args.stems, args.stem_seconds, args.rounds, args.ray_stems = 8, 8.0, 1, 2
+    stage_parts = [] if args.skip_stages else stage_runs(args)
+    whole = ray_runs(args)
+    one, two = whole[1], whole[2]
+    print(f"\nwhole pipeline on local Ray clusters: {one['samples']} excerpts of 6 s, nodes of {args.node_cpus} CPU(s)"
+          f" and {args.node_gpus} GPU(s), {args.codec_size} codec")
+    print(C.hardware_line())
+    print(C.table(["nodes", "pipeline s", "pipeline audio s/s", "bare encode s", "encode audio s/s",
+                   "pipeline/bare-encode", "driver bytes/sample"],
+                  [[n, r["pipeline_s"], r["rate"], r["encode_s"], r["encode_rate"], r["rate"] / r["encode_rate"],
+                    r["driver_bytes"] / r["samples"]] for n, r in whole.items()]))
+    C.summary("pipeline", [
+        f"pipeline/bare-encode = {one['rate'] / one['encode_rate']:.2f} (1 node), "
+        f"{two['rate'] / two['encode_rate']:.2f} (2 nodes)",
+        f"2 nodes/1 node = {two['rate'] / one['rate']:.2f}x",
+        f"driver bytes/sample = {one['driver_bytes'] / one['samples']:,.0f}", *stage_parts])
+
+
+def stage_runs(args) -> list[str]:
+    """Each stage function in process pools of 1 and 2 workers; prints the table, returns the summary parts."""
     ray_cfg = RayConfig()
     codec = CodecConfig(size=args.codec_size, device="cpu", batch_size=ray_cfg.tokenize_batch_size)
 
@@ -230,21 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     print(C.table(["stage", "audio s in", "1 CPU s", "2 CPUs s", "1 CPU audio s/s", "2 CPUs audio s/s",
                    "2 vs 1 CPU"], rows))
     scaling = ", ".join(f"{s} {t[1] / t[2]:.2f}x" for s, t in times.items() if 2 in t)
-    whole = ray_runs(args)
-    one, two = whole[1], whole[2]
-    print(f"\nwhole pipeline on local Ray clusters: {one['samples']} excerpts of 6 s, nodes of {args.node_cpus} CPU(s)"
-          f" and {args.node_gpus} GPU(s), {args.codec_size} codec")
-    print(C.table(["nodes", "pipeline s", "pipeline audio s/s", "bare encode s", "encode audio s/s",
-                   "pipeline/bare-encode", "driver bytes/sample"],
-                  [[n, r["pipeline_s"], r["rate"], r["encode_s"], r["encode_rate"], r["rate"] / r["encode_rate"],
-                    r["driver_bytes"] / r["samples"]] for n, r in whole.items()]))
-    C.summary("pipeline", [
-        f"pipeline/bare-encode = {one['rate'] / one['encode_rate']:.2f} (1 node), "
-        f"{two['rate'] / two['encode_rate']:.2f} (2 nodes)",
-        f"2 nodes/1 node = {two['rate'] / one['rate']:.2f}x",
-        f"driver bytes/sample = {one['driver_bytes'] / one['samples']:,.0f}",
-        f"2 CPUs/1 CPU throughput = {scaling}, all stages {total[1] / total[2]:.2f}x",
-        f"1 CPU end to end {exc_s / total[1]:.2f} s of excerpts per s ({args.codec_size} codec)"])
+    return [f"2 CPUs/1 CPU throughput = {scaling}, all stages {total[1] / total[2]:.2f}x",
+            f"1 CPU end to end {exc_s / total[1]:.2f} s of excerpts per s ({args.codec_size} codec)"]
+
 
 
 # ----------------------------------------------------------------------------------------------

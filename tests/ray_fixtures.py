@@ -81,12 +81,14 @@ def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any
     os.environ["RAY_AUTH_MODE"] = "token"
     _refresh_ray_auth()  # this process read the mode at import; nodes and clients must agree
     dashboard_port = free_port()
-    head = dict(num_cpus=head_cpus, gcs_server_port=free_port(), ray_client_server_port=free_port(), **ports())
+    head = dict(num_cpus=head_cpus, gcs_server_port=free_port(), ray_client_server_port=free_port(),
+                include_dashboard=dashboard, **ports())
     if dashboard:
-        head.update(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
-    c = Cluster(initialize_head=True, head_node_args=head)
+        head.update(dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
+    c = Cluster()
     try:
-        yield c, f"http://127.0.0.1:{dashboard_port}", lambda **node: c.add_node(**node, **ports())
+        _retry_start(lambda: c.add_node(**head))
+        yield c, f"http://127.0.0.1:{dashboard_port}", lambda **node: _retry_start(lambda: c.add_node(**node, **ports()))
     finally:
         c.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
@@ -96,6 +98,18 @@ def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any
             else:
                 os.environ[k] = v
         _refresh_ray_auth()
+
+
+def _retry_start(start: Callable[[], Any], tries: int = 3) -> Any:
+    """Ray gives a new raylet a fixed 30 s to register (ray/_private/node.py); on a machine loaded by other
+    users it sometimes needs more. Try again, up to ``tries`` times, on that error only."""
+    for attempt in range(tries):
+        try:
+            return start()
+        except Exception as e:
+            if "timed out during startup" not in str(e) or attempt == tries - 1:
+                raise
+            print(f"[local_cluster] a Ray node did not register within 30 s; starting it again ({e})", flush=True)
 
 
 def _refresh_ray_auth() -> None:
