@@ -115,6 +115,7 @@ def _script(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # the last call starts Python with torch to load the config: ~20 s on a loaded 2-core machine
 def test_submit_script_help_and_bad_arguments(tmp_path):
     out = _script("--help")
     assert out.returncode == 0 and "submit_pipeline.sh [--address URL] [--no-summary] CONFIG" in out.stdout
