@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import sys
 import tarfile
 import tempfile
@@ -68,8 +69,6 @@ def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any
     """
     from ray.cluster_utils import Cluster
 
-    from net import free_port
-
     temp = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
 
     def ports() -> dict:
@@ -98,6 +97,15 @@ def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any
             else:
                 os.environ[k] = v
         _refresh_ray_auth()
+
+
+def free_port() -> int:
+    """A TCP port free on every interface. Ray binds its agents on the node's IP, not on 127.0.0.1, so a
+    loopback-only probe (tests/net.py) can hand out a port that another Ray already holds there: a node
+    of this cluster then reached another cluster's runtime-env agent (seen here, twice, under load)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 def _retry_start(start: Callable[[], Any], tries: int = 3) -> Any:
