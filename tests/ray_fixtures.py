@@ -79,15 +79,18 @@ def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any
     os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     os.environ["RAY_AUTH_MODE"] = "token"
     _refresh_ray_auth()  # this process read the mode at import; nodes and clients must agree
-    dashboard_port = free_port()
-    head = dict(num_cpus=head_cpus, gcs_server_port=free_port(), ray_client_server_port=free_port(),
-                include_dashboard=dashboard, **ports())
-    if dashboard:
-        head.update(dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
+    dashboard_port = [0]
+
+    def head() -> dict:
+        dashboard_port[0] = free_port()
+        args = dict(num_cpus=head_cpus, gcs_server_port=free_port(), ray_client_server_port=free_port(),
+                    include_dashboard=dashboard, **ports())
+        return args | (dict(dashboard_host="127.0.0.1", dashboard_port=dashboard_port[0]) if dashboard else {})
+
     c = Cluster()
     try:
-        _retry_start(lambda: c.add_node(**head))
-        yield c, f"http://127.0.0.1:{dashboard_port}", lambda **node: _retry_start(lambda: c.add_node(**node, **ports()))
+        _retry_start(lambda: c.add_node(**head()))  # new ports each try: a failed head may still hold its own
+        yield c, f"http://127.0.0.1:{dashboard_port[0]}", lambda **node: _retry_start(lambda: c.add_node(**node, **ports()))
     finally:
         c.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
