@@ -21,8 +21,20 @@ Throughput counts the audio a stage takes in: stem seconds for filter, excerpt s
 for the others. "all stages" adds the stage times (stages run one after another here; Ray streams
 them, which can only be faster).
 
+Then the whole pipeline (``pipelines.run.run``: ingest, filter, prompts, tokenize, shards, catalogue) on
+real local Ray clusters (``ray.cluster_utils.Cluster``) of 1 node and of 2 nodes with ``--node-cpus``
+CPUs each, on one corpus (``--ray-stems`` loops of 14 s):
+
+* ``pipeline/bare-encode``: the pipeline's excerpt seconds per wall second, divided by a bare batched DAC
+  encode of the same excerpts (audio loaded beforehand) through the same codec actor pool
+  (``pipelines.resources.plan_pool`` on the same cluster); both include starting the actors;
+* ``2 nodes/1 node``: the pipeline's throughput on 2 nodes over 1 node;
+* ``driver bytes/sample``: bytes of the batches the job driver received from Ray Data (every
+  ``iter_batches`` of the run, all stages), per sample written.
+
     python -m benchmarks.pipeline                       # 8 stems of 36 s, tiny codec
     python -m benchmarks.pipeline --codec-size full     # the real DAC architecture (slow on CPU)
+    python -m benchmarks.pipeline --node-cpus 8         # on a bigger machine (GPU nodes: --node-gpus 1)
 """
 
 from __future__ import annotations
@@ -155,13 +167,36 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stem-seconds", type=float, default=36.0, help="36 s: two 30 s regions, two excerpts")
     ap.add_argument("--codec-size", choices=("tiny", "full"), default="tiny")
     ap.add_argument("--rounds", type=int, default=2, help="best of this many passes per stage and pool")
+    ap.add_argument("--ray-stems", type=int, default=4, help="loops of 14 s (2 excerpts each) for the Ray runs")
+    ap.add_argument("--node-cpus", type=int, default=1, help="CPUs of each Ray node")
+    ap.add_argument("--node-gpus", type=int, default=0, help="GPUs of each Ray node (declared to Ray)")
+    ap.add_argument("--skip-stages", action="store_true", help="only the whole pipeline on Ray (no per-stage table)")
     args = ap.parse_args(argv)
     C.setup(args)
     if args.device != "cpu":
         raise SystemExit("pipeline.py measures CPU scaling; the tokenize actor's GPU path is not "
                          "benchmarked here")
     if args.quick:
-        args.stems, args.stem_seconds, args.rounds = 8, 8.0, 1
+        args.stems, args.stem_seconds, args.rounds, args.ray_stems = 8, 8.0, 1, 2
+    stage_parts = [] if args.skip_stages else stage_runs(args)
+    whole = ray_runs(args)
+    one, two = whole[1], whole[2]
+    print(f"\nwhole pipeline on local Ray clusters: {one['samples']} excerpts of 6 s, nodes of {args.node_cpus} CPU(s)"
+          f" and {args.node_gpus} GPU(s), {args.codec_size} codec")
+    print(C.hardware_line())
+    print(C.table(["nodes", "pipeline s", "pipeline audio s/s", "bare encode s", "encode audio s/s",
+                   "pipeline/bare-encode", "driver bytes/sample"],
+                  [[n, r["pipeline_s"], r["rate"], r["encode_s"], r["encode_rate"], r["rate"] / r["encode_rate"],
+                    r["driver_bytes"] / r["samples"]] for n, r in whole.items()]))
+    C.summary("pipeline", [
+        f"pipeline/bare-encode = {one['rate'] / one['encode_rate']:.2f} (1 node), "
+        f"{two['rate'] / two['encode_rate']:.2f} (2 nodes)",
+        f"2 nodes/1 node = {two['rate'] / one['rate']:.2f}x",
+        f"driver bytes/sample = {one['driver_bytes'] / one['samples']:,.0f}", *stage_parts])
+
+
+def stage_runs(args) -> list[str]:
+    """Each stage function in process pools of 1 and 2 workers; prints the table, returns the summary parts."""
     ray_cfg = RayConfig()
     codec = CodecConfig(size=args.codec_size, device="cpu", batch_size=ray_cfg.tokenize_batch_size)
 
@@ -215,8 +250,101 @@ def main(argv: list[str] | None = None) -> None:
     print(C.table(["stage", "audio s in", "1 CPU s", "2 CPUs s", "1 CPU audio s/s", "2 CPUs audio s/s",
                    "2 vs 1 CPU"], rows))
     scaling = ", ".join(f"{s} {t[1] / t[2]:.2f}x" for s, t in times.items() if 2 in t)
-    C.summary("pipeline", [f"2 CPUs/1 CPU throughput = {scaling}, all stages {total[1] / total[2]:.2f}x",
-        f"1 CPU end to end {exc_s / total[1]:.2f} s of excerpts per s ({args.codec_size} codec)"])
+    return [f"2 CPUs/1 CPU throughput = {scaling}, all stages {total[1] / total[2]:.2f}x",
+            f"1 CPU end to end {exc_s / total[1]:.2f} s of excerpts per s ({args.codec_size} codec)"]
+
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole pipeline on real Ray clusters
+# ----------------------------------------------------------------------------------------------
+
+
+class DriverBytes:
+    """Counts the bytes of every batch that ``Dataset.iter_batches`` hands to this process (the driver)."""
+
+    def __init__(self):
+        self.total = 0
+
+    def __enter__(self):
+        import ray.data
+
+        self._orig = orig = ray.data.Dataset.iter_batches
+        meter = self
+
+        def iter_batches(ds, *a, **kw):
+            for batch in orig(ds, *a, **kw):
+                meter.total += batch_bytes(batch)
+                yield batch
+
+        ray.data.Dataset.iter_batches = iter_batches
+        return self
+
+    def __exit__(self, *exc):
+        import ray.data
+
+        ray.data.Dataset.iter_batches = self._orig
+
+
+def batch_bytes(batch: dict[str, np.ndarray]) -> int:
+    n = 0
+    for v in batch.values():
+        if v.dtype == object:
+            n += sum(len(x) if isinstance(x, (bytes, str)) else getattr(x, "nbytes", 8) for x in v)
+        else:
+            n += v.nbytes
+    return n
+
+
+def ray_runs(args) -> dict[int, dict[str, float]]:
+    """The whole pipeline and a bare encode of its excerpts on a 1-node, then a 2-node local Ray cluster."""
+    import ray
+
+    from pipelines.resources import plan_pool
+    from pipelines.run import load_pipeline_config, run
+    from pipelines.stages.prompts import load_excerpt
+    from ray_fixtures import local_cluster, pipeline_yaml
+
+    out = {}
+    batch = RayConfig().tokenize_batch_size
+    with tempfile.TemporaryDirectory(prefix="tria-bench-ray-") as tmp:
+        tmp = Path(tmp)
+        make_drums(tmp / "corpus", n_loops=args.ray_stems, seconds=14.0, bad=False)
+        node = dict(num_cpus=args.node_cpus, num_gpus=args.node_gpus)
+        for n_nodes in (1, 2):
+            root = tmp / f"nodes{n_nodes}"
+            cfg = load_pipeline_config(str(pipeline_yaml(root, tmp / "corpus", batch=batch)),
+                                       [f"root={root}", f"codec.size={args.codec_size}", "prompts.n_variants=4"])
+            with local_cluster(head_cpus=args.node_cpus) as (c, _, add_node):
+                for _ in range(n_nodes - 1):
+                    add_node(**node)
+                c.wait_for_nodes()
+                ray.init(address=c.address, log_to_driver=False)
+                try:
+                    with DriverBytes() as meter, contextlib.redirect_stdout(io.StringIO()):
+                        t0 = time.perf_counter()
+                        summary = run(cfg)
+                        pipeline_s = time.perf_counter() - t0
+                    from pipelines.catalogue import Catalogue
+
+                    with Catalogue(cfg.path(cfg.catalogue), read_only=True) as cat:
+                        rows = cat.execute("SELECT e.offset_s, s.path FROM excerpts e JOIN stems s USING (stem_id) "
+                                           "ORDER BY e.excerpt_id").rows
+                    items = [{"audio": load_excerpt(p, o, 6.0)[0], "split": "train"} for o, p in rows]
+                    plan = plan_pool("tokenize", cfg.ray.tokenize, ray.cluster_resources(), device=cfg.codec.device)
+                    t0 = time.perf_counter()
+                    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // batch)))
+                    ds = ds.map_batches(Tokenizer, fn_constructor_args=(cfg.codec,), batch_size=batch,
+                                        **plan.map_batches_args())
+                    n_coded = sum(len(b["tokens"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
+                    encode_s = time.perf_counter() - t0
+                finally:
+                    ray.shutdown()
+            assert n_coded == summary["samples"] == len(rows), (n_coded, summary["samples"], len(rows))
+            audio_s = 6.0 * summary["samples"]
+            out[n_nodes] = dict(samples=summary["samples"], pipeline_s=pipeline_s, rate=audio_s / pipeline_s,
+                                encode_s=encode_s, encode_rate=audio_s / encode_s, driver_bytes=meter.total)
+    return out
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import argparse
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,12 @@ import numpy as np
 
 import tria  # noqa: F401  (torchaudio placeholder)
 from pipelines.catalogue import Catalogue
+from pipelines.resources import ActorPoolConfig, TaskConfig, plan_pool, prompts_on_codec_actors, task_args
 from pipelines.rows import RejectRow
 from pipelines.stages.excerpt import FilterConfig, filter_batch, rows_from_batch
 from pipelines.stages.prompts import PromptConfig, prompts_batch
 from pipelines.stages.shard import ShardConfig, ShardSink
-from pipelines.stages.tokenize import Tokenizer
+from pipelines.stages.tokenize import PromptsTokenizer, Tokenizer
 from tria.codec import CodecConfig
 from tria.config import ConfigError, apply_overrides, from_dict, load_yaml, resolve_path, to_dict
 
@@ -47,7 +48,15 @@ class RayConfig:
     # None: the cluster of `ray job submit`, else a running local head, else a new local Ray;
     # "local": always a private new one; "HOST:PORT" or "ray://...": that cluster.
     address: str | None = None
-    tokenize_actors: int = 1  # codec actors (one codec each)
+    # GPU stages (pipelines/resources.py): per-actor resources and autoscaling pool bounds, sized from the
+    # cluster unless set: a GPU per actor where the cluster has GPUs, pools up to its GPUs (CPUs if none).
+    tokenize: ActorPoolConfig = field(default_factory=ActorPoolConfig)
+    separate: ActorPoolConfig = field(default_factory=ActorPoolConfig)
+    tokenize_actors: int | None = None  # a fixed pool of this many codec actors (sets min = max)
+    # Augmentation + features: "auto" = on the codec actors when they hold GPUs, else CPU tasks;
+    # "codec_actors" or "cpu_tasks" to choose.
+    prompts_on: str = "auto"
+    prompts: TaskConfig = field(default_factory=TaskConfig)  # each CPU prompts task (custom resources)
     prompt_batch_size: int = 4
     tokenize_batch_size: int = 8
     filter_batch_size: int = 4
@@ -121,16 +130,17 @@ def separate_mixes(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray) -> boo
     todo = [m for m in mixes if m["stem_id"] not in done]
     if not todo:
         return False
-    from pipelines.stages.separate import SeparateConfig, Separator, ray_resources, stem_rows_from_batch
+    from pipelines.stages.separate import SeparateConfig, Separator, stem_rows_from_batch
 
     work = cfg.path(cfg.work_dir)
     sep_cfg = from_dict(SeparateConfig, {"out_dir": str(work / "separated"), "cache_dir": str(work / "demucs_cache"),
                                          **cfg.separate})
     print(f"[separate] {len(todo)} mixes with Demucs", flush=True)
     cat.start_stage(run_id, "separate")
+    plan = plan_pool("separate", cfg.ray.separate, ray.cluster_resources(), device=sep_cfg.device)
+    print(plan.describe(), flush=True)
     ds = ray.data.from_items(todo, override_num_blocks=_n_blocks(len(todo), 1))
-    ds = ds.map_batches(Separator, fn_constructor_args=(sep_cfg,), batch_size=1,
-                        compute=ray.data.ActorPoolStrategy(size=1), **ray_resources(sep_cfg))
+    ds = ds.map_batches(Separator, fn_constructor_args=(sep_cfg,), batch_size=1, **plan.map_batches_args())
     record_rows(cat, ds, stem_rows_from_batch, run_id, "separate", len(todo))
     return True
 
@@ -201,12 +211,7 @@ def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, todo: lis
         print(f"[shard] removed {orphans} shard file(s) written but never registered (run killed in between)",
               flush=True)
     cat.start_stage(run_id, "shard")
-    ds = ray.data.from_items(todo, override_num_blocks=_n_blocks(len(todo), cfg.ray.prompt_batch_size))
-    ds = ds.map_batches(prompts_batch, fn_kwargs={"config": cfg.prompts}, batch_size=cfg.ray.prompt_batch_size,
-                        memory=cfg.ray.prompt_task_memory_mb * 2**20)
-    ds = ds.map_batches(Tokenizer, fn_constructor_args=(cfg.codec, cfg.shard.flac_splits),
-                        batch_size=cfg.ray.tokenize_batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=cfg.ray.tokenize_actors))
+    ds = encoded_excerpts(cfg, ray, todo)
     rejects: list[RejectRow] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["key"])):
@@ -226,6 +231,30 @@ def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, todo: lis
     cat.finish_stage(run_id, "shard", n_in=len(todo), n_out=sum(r.n_samples for r in written),
                      n_rejected=len(rejects))
     return written, rejects
+
+
+def tokenize_pool(cfg: RayConfig) -> ActorPoolConfig:
+    """``ray.tokenize``, with ``ray.tokenize_actors`` (a fixed pool size) applied when set."""
+    if cfg.tokenize_actors is None:
+        return cfg.tokenize
+    return replace(cfg.tokenize, min_actors=cfg.tokenize_actors, max_actors=cfg.tokenize_actors)
+
+
+def encoded_excerpts(cfg: PipelineConfig, ray, todo: list[dict[str, Any]]):
+    """The dataset of prompts + tokens of ``todo``: prompts on the codec actors (their device) or as CPU
+    tasks before them, as :func:`pipelines.resources.prompts_on_codec_actors` decides for this cluster."""
+    plan = plan_pool("tokenize", tokenize_pool(cfg.ray), ray.cluster_resources(), device=cfg.codec.device)
+    on_actors = prompts_on_codec_actors(cfg.ray.prompts_on, plan)
+    print(f"{plan.describe()}; prompts on {'the codec actors' if on_actors else 'CPU tasks'}", flush=True)
+    if on_actors:
+        ds = ray.data.from_items(todo, override_num_blocks=_n_blocks(len(todo), cfg.ray.tokenize_batch_size))
+        return ds.map_batches(PromptsTokenizer, fn_constructor_args=(cfg.codec, cfg.prompts, cfg.shard.flac_splits),
+                              batch_size=cfg.ray.tokenize_batch_size, **plan.map_batches_args())
+    ds = ray.data.from_items(todo, override_num_blocks=_n_blocks(len(todo), cfg.ray.prompt_batch_size))
+    ds = ds.map_batches(prompts_batch, fn_kwargs={"config": cfg.prompts}, batch_size=cfg.ray.prompt_batch_size,
+                        memory=cfg.ray.prompt_task_memory_mb * 2**20, **task_args(cfg.ray.prompts))
+    return ds.map_batches(Tokenizer, fn_constructor_args=(cfg.codec, cfg.shard.flac_splits),
+                          batch_size=cfg.ray.tokenize_batch_size, **plan.map_batches_args())
 
 
 def _n_blocks(n_items: int, batch_size: int) -> int:

@@ -48,8 +48,8 @@ def load_excerpt(path: str, offset_s: float, duration_s: float) -> tuple[np.ndar
     return out, valid
 
 
-def prompts_batch(batch: dict[str, np.ndarray], config: PromptConfig) -> dict[str, np.ndarray]:
-    """Ray Data batch function over excerpts.
+def prompts_batch(batch: dict[str, np.ndarray], config: PromptConfig, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Ray Data batch function over excerpts; the augmentation and features run on ``device``.
 
     Input columns: key, path, offset_s, duration_s (+ metadata, passed through).
     Adds: audio (B, N) float32 (the clean excerpt, for the tokenizer), n_frames (valid token frames),
@@ -73,12 +73,12 @@ def prompts_batch(batch: dict[str, np.ndarray], config: PromptConfig) -> dict[st
     feats = np.zeros((B, K, config.features.n_bands, T), dtype=np.float16)
     if ok.any():
         idx = np.flatnonzero(ok)
-        x = torch.from_numpy(audio[idx]).repeat_interleave(K, dim=0)[:, None]  # (b*K, 1, N)
+        x = torch.from_numpy(audio[idx]).to(device).repeat_interleave(K, dim=0)[:, None]  # (b*K, 1, N)
         seeds = [s for i in idx for s in variant_seeds(str(batch["key"][i]), K, config.seed)]
         with torch.inference_mode():
             prompts = augment_rhythm(x, SAMPLE_RATE, seeds, config.augment)
             f = align_features(rhythm_features(prompts, SAMPLE_RATE, config.features), T)  # (b*K, n_bands, T)
-        feats[idx] = f.reshape(len(idx), K, config.features.n_bands, T).numpy().astype(np.float16)
+        feats[idx] = f.reshape(len(idx), K, config.features.n_bands, T).cpu().numpy().astype(np.float16)
     out: dict[str, Any] = dict(batch)
     out.update(audio=audio, n_frames=n_frames, feats=feats, ok=ok, error=np.asarray(error))
     return out

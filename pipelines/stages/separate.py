@@ -17,11 +17,14 @@ Weights (``SeparateConfig.weights``):
   as a package in ``cache_dir`` and loaded through the same ``get_model(model, repo=...)`` path. For
   tests and offline demos only: its "drums" are noise-shaped garbage, and the actor says so.
 
-Driver side (the job driver is the catalogue's single writer)::
+Driver side (the job driver is the catalogue's single writer; ``pipelines.resources`` decides what
+each actor asks Ray for and how far the pool may grow)::
+
+    from pipelines.resources import ActorPoolConfig, plan_pool
 
     ds = ray.data.from_items([s.to_dict() for s in mix_stems])
-    out = ds.map_batches(Separator, fn_constructor_args=(config,), batch_size=config.batch_size,
-                         compute=ray.data.ActorPoolStrategy(size=n_actors), **ray_resources(config))
+    plan = plan_pool("separate", ActorPoolConfig(), ray.cluster_resources(), device=config.device)
+    out = ds.map_batches(Separator, fn_constructor_args=(config,), batch_size=1, **plan.map_batches_args())
     for batch in out.iter_batches(batch_format="numpy"):
         stems, rejects = stem_rows_from_batch(batch, run_id)
 """
@@ -42,10 +45,10 @@ import torch
 
 import tria  # noqa: F401  (registers the torchaudio placeholder before demucs/dac imports)
 from pipelines import fs
+from pipelines.resources import actor_device
 from pipelines.rows import RejectRow, StemRow, stable_id
 from pipelines.sources.base import stem_path
 from tria.audio import AudioError, check_audio, resample
-from tria.codec import resolve_device
 
 STAGE = "separate"
 OUT_SAMPLE_RATE = 44_100  # the codec's rate (SPEC): every stem downstream is read at 44.1 kHz
@@ -67,12 +70,14 @@ class SeparateConfig:
     Attributes:
         model: Demucs model name (a bag name such as "htdemucs", "htdemucs_ft", or a signature).
         weights: "official", "random", or a local folder used as a Demucs repo (see module docstring).
-        device: "auto" (cuda when the actor has a GPU), "cpu", "cuda" or "cuda:N".
+        device: "auto" (cuda when Ray gave the actor a GPU that torch sees, else cpu), "cpu", "cuda" or
+            "cuda:N" (what the actors ask Ray for: ``ray.separate`` in the pipeline config).
         segment_s: chunk length for long files; None uses the model's own (7.8 s for htdemucs, the
             longest a transformer model may take).
         shifts: random time-shift averaging (demucs' --shifts); 0 is one pass, each shift costs one more.
         overlap: overlap between chunks, as a fraction of a chunk.
-        batch_size: mixes per Ray batch (per ``__call__``).
+        batch_size: mixes per ``__call__`` for callers that batch; ``pipelines.run`` passes one mix per
+            batch, so that results stream out and an actor holds one mix at a time.
         out_dir: root of the separated stems (local path or URI).
         cache_dir: where the "random" weights package is written.
         seed: seed of the "random" weights.
@@ -194,28 +199,6 @@ def max_segment_s(model: torch.nn.Module) -> float:
     return float(model.segment) if isinstance(model, HTDemucs) else float("inf")
 
 
-def ray_resources(config: SeparateConfig) -> dict[str, float]:
-    """Ray resources for one ``Separator`` actor: a GPU where there is one, else a CPU.
-
-    With ``device="auto"`` a GPU is asked for when this process sees one or the Ray cluster it is
-    connected to has one (the driver of a cluster job often runs on a CPU-only head node).
-    """
-    if config.device == "cpu":
-        return {"num_cpus": 1}
-    if config.device.startswith("cuda") or torch.cuda.is_available() or _cluster_has_gpu():
-        return {"num_gpus": 1}
-    return {"num_cpus": 1}
-
-
-def _cluster_has_gpu() -> bool:
-    try:
-        import ray
-
-        return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
-    except Exception:  # no ray, or a cluster that does not answer: fall back to CPU
-        return False
-
-
 # ----------------------------------------------------------------------------------------------- audio
 
 
@@ -303,7 +286,7 @@ class Separator:
 
     def __init__(self, config: SeparateConfig):
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = actor_device(config.device, "separate")
         self.model, self.description = load_model(config)
         self.drums = self.model.sources.index("drums")
         limit = max_segment_s(self.model)

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from net import free_port
-import yaml
 
 from pipeline_fixtures import BAD_FILES, make_drums, make_mix
 from pipelines.catalogue import Catalogue
+from ray_fixtures import pipeline_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -49,25 +49,7 @@ def corpus(tmp_path_factory):
 
 
 def _config(root: Path, audio: Path, mix: bool = True, per_shard: int = 3, batch: int = 4) -> Path:
-    sources = [{"name": "local_folder", "location": str(audio), "include": ["loop_*", "bad_*"], "tier": "isolated",
-                "licence": "test"}]
-    if mix:
-        sources.append({"name": "local_folder", "location": str(audio), "include": ["song_*"], "role": "mix",
-                        "tier": "separated", "licence": "test", "split": "train"})
-    cfg = {
-        "name": "it",
-        "sources": sources,
-        "filter": {"region_s": 7.0, "loudness_cutoff_db": -50.0},  # random-init Demucs output is quiet
-        "prompts": {"n_variants": 2, "augment": {"preset": "release"}, "features": {"preset": "release"}},
-        "codec": {"weights": "random", "size": "tiny"},
-        "separate": {"weights": "random"},
-        "shard": {"samples_per_shard": per_shard},
-        "ray": {"prompt_batch_size": batch, "tokenize_batch_size": batch},
-    }
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return pipeline_yaml(root, audio, mix=mix, per_shard=per_shard, batch=batch, include=("loop_*", "bad_*"), name="it")
 
 
 def _submit(url: str, env: dict, cfg: Path, root: Path, wait: bool = True) -> subprocess.CompletedProcess:
@@ -103,6 +85,9 @@ def clean_run(ray_head, corpus, tmp_path_factory):
 def test_rows_shards_and_rejects(clean_run):
     root, log = clean_run
     assert "pipeline it: done" in log and "shards (this config)" in log
+    # CPU-only head: the GPU stages' actors ask for CPUs, their pools may grow to its 2 CPUs, prompts are CPU tasks
+    assert "[tokenize] actor pool 1..2 actors, each asks for CPU 1; prompts on CPU tasks" in log
+    assert "[separate] actor pool 1..2 actors, each asks for CPU 1" in log
     samples, keys = _read_shards(root)
     assert len(keys) == len(set(keys)) > 0, "sample keys are unique across shards"
     for key, (tokens, feats, meta) in samples.items():

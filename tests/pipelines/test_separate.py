@@ -16,7 +16,7 @@ from synth_audio import hat, kick, place
 
 from pipelines.rows import RejectRow, StemRow, stable_id
 from pipelines.stages import separate as sep
-from pipelines.stages.separate import SeparateConfig, Separator, ray_resources, stem_rows_from_batch
+from pipelines.stages.separate import SeparateConfig, Separator, stem_rows_from_batch
 
 SR = 44_100
 SOURCE = "mtg_jamendo"
@@ -204,13 +204,3 @@ def test_local_folder_weights(tmp_path, config, capsys):
     assert separator.model.sources.index("drums") == separator.drums == 0
 
 
-def test_ray_resources(monkeypatch):
-    assert ray_resources(SeparateConfig(device="cpu")) == {"num_cpus": 1}
-    assert ray_resources(SeparateConfig(device="cuda")) == {"num_gpus": 1}
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert ray_resources(SeparateConfig(device="auto")) == {"num_gpus": 1}
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(sep, "_cluster_has_gpu", lambda: False)
-    assert ray_resources(SeparateConfig(device="auto")) == {"num_cpus": 1}
-    monkeypatch.setattr(sep, "_cluster_has_gpu", lambda: True)
-    assert ray_resources(SeparateConfig(device="auto")) == {"num_gpus": 1}

@@ -1,0 +1,128 @@
+"""A real two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head and a second node, each
+with its own raylet and workers). The second node declares 2 GPUs (this machine has none: the actors fall
+back to the CPU and say so) and a ``codec`` resource that pins the codec actors to it. The pipeline is
+submitted with ``orchestration/submit_pipeline.sh`` (``ray job submit``); Ray's state API shows what the
+actors asked for and where they ran. Then the second node is removed mid-run. A replacement node with the same resource joins (what an autoscaler does); the job
+finishes through Ray's actor restarts and task retries, with nothing lost and nothing duplicated."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipeline_fixtures import make_drums, make_mix
+from pipelines.catalogue import Catalogue
+from ray_fixtures import local_cluster, pipeline_yaml, read_shards
+
+REPO = Path(__file__).resolve().parents[2]
+SUBMIT = REPO / "orchestration" / "submit_pipeline.sh"
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+CODEC = {"tokenize": {"resources": {"codec": 1}}}  # the codec actors need the second node's resource
+GPU_NODE = dict(num_cpus=2, num_gpus=2, resources={"codec": 2})
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with local_cluster(head_cpus=2, dashboard=True) as (c, url, add_node):
+        node = add_node(**GPU_NODE)
+        c.wait_for_nodes()
+        yield c, url, node, add_node
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    audio = tmp_path_factory.mktemp("audio")
+    make_drums(audio, n_loops=3, seconds=14.0, bad=False)  # 6 excerpts
+    make_mix(audio, seconds=6.0)  # 1 more, through the separate stage
+    return audio
+
+
+def _submit(url: str, cfg: Path, root: Path, **popen) -> subprocess.Popen:
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(["bash", str(SUBMIT), "--address", url, str(cfg), f"root={root}"], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _actors(gcs: str, cls: str = "Tokenizer") -> list:
+    from ray.util.state import list_actors
+
+    return [a for a in list_actors(address=gcs, detail=True, limit=1000) if cls in a.class_name]
+
+
+def _check_catalogue(root: Path) -> set[str]:
+    """Every excerpt in exactly one complete shard, catalogue and shard files agreeing; returns the keys."""
+    samples, keys = read_shards(root / "data" / "shards")
+    assert len(keys) == len(set(keys)), f"duplicated: {[k for k, n in Counter(keys).items() if n > 1]}"
+    with Catalogue(root / "data" / "catalogue.duckdb", read_only=True) as cat:
+        excerpts = {r[0] for r in cat.execute("SELECT excerpt_id FROM excerpts").rows}
+        linked = cat.execute("SELECT excerpt_id FROM shard_excerpts se JOIN shards s USING (shard_id) "
+                             "WHERE s.status = 'ok'").rows
+        runs = cat.execute("SELECT status FROM pipeline_runs").rows
+    assert sorted(r[0] for r in linked) == sorted(excerpts) == sorted(samples), "nothing lost, nothing twice"
+    assert runs and all(r == ("done",) for r in runs), runs
+    assert not list((root / "data" / "shards").rglob("*.tmp"))
+    return set(samples)
+
+
+@pytest.fixture(scope="module")
+def clean_run(cluster, corpus, tmp_path_factory):
+    c, url, node, add_node = cluster
+    root = tmp_path_factory.mktemp("clean")
+    proc = _submit(url, pipeline_yaml(root, corpus, mix=True, ray=CODEC), root)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-5000:]
+    return root, out, _actors(c.gcs_address), _actors(c.gcs_address, "Separator")
+
+
+def test_gpu_actors_on_the_second_node_and_the_script_prints_the_summary(cluster, clean_run):
+    c, _, node, _ = cluster
+    root, out, codec_actors, separators = clean_run
+    assert codec_actors and separators, "actors not found through the state API"
+    for a in codec_actors:  # prompts run on the codec actors, which hold the GPUs
+        assert "PromptsTokenizer" in a.class_name
+        assert a.required_resources.get("GPU") == 1.0 and a.required_resources.get("codec") == 1.0, a.required_resources
+    for a in separators:
+        assert a.required_resources.get("GPU") == 1.0, a.required_resources
+    # where they ran (an actor the pool started and dropped again before placement has no node)
+    placed = {a.node_id for a in codec_actors + separators if a.node_id}
+    assert placed == {node.node_id} and node.node_id != c.head_node.node_id, "all ran on the second node"
+    # the pools may grow to the cluster's 2 GPUs (and 2 codec units), no further
+    assert "[tokenize] actor pool 1..2 actors, each asks for GPU 1, codec 1; prompts on the codec actors" in out
+    assert "[separate] actor pool 1..2 actors, each asks for GPU 1" in out
+    assert len({a.actor_id for a in codec_actors}) <= 2
+    assert "Ray gave this actor GPU" in out and "torch sees no CUDA device" in out, "the CPU fallback is said"
+    assert "pipeline cluster-test: done" in out
+    assert "==> catalogue summary" in out and "shards (ok)" in out and "excerpts" in out
+    assert len(_check_catalogue(root)) == 7
+
+
+def test_remove_the_codec_node_mid_run(cluster, corpus, clean_run, tmp_path):
+    c, url, node, add_node = cluster
+    root = tmp_path / "removed"
+    shard_dir = root / "data" / "shards"
+    proc = _submit(url, pipeline_yaml(root, corpus, per_shard=2, ray=CODEC), root)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None and not list(shard_dir.rglob("shard-*.tar")):
+            time.sleep(0.2)
+        n_before = len(list(shard_dir.rglob("shard-*.tar")))
+        assert proc.poll() is None and n_before, "the run must be in its shard stage, not finished"
+        c.remove_node(node, allow_graceful=False)  # the codec node dies: its actor and batches with it
+        replacement = add_node(**GPU_NODE)
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-5000:]
+    keys = _check_catalogue(root)
+    assert len(keys) == 6 and keys < _check_catalogue(clean_run[0]), "the clean run's samples, less the mix"
+    assert len(list(shard_dir.rglob("shard-*.tar"))) > n_before, "the rest was written after the node went"
+    actors = [a for a in _actors(c.gcs_address) if a.job_id != clean_run[2][0].job_id]
+    nodes = {a.node_id for a in actors}
+    assert replacement.node_id in nodes or any(a.num_restarts for a in actors), \
+        "the codec actor was restarted on the replacement node"

@@ -1,0 +1,123 @@
+"""The resource rule of the GPU stages (pipelines/resources.py): what an actor asks Ray for, how far its
+pool may grow, where the prompts run, and which device an actor uses. Pure functions, no Ray start."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines import resources as R
+from pipelines.resources import ActorPoolConfig, TaskConfig, actor_device, plan_pool, prompts_on_codec_actors
+from pipelines.run import RayConfig, load_pipeline_config, tokenize_pool
+from tria.config import ConfigError
+
+GPU_CLUSTER = {"CPU": 32.0, "GPU": 4.0, "memory": 1e11}
+CPU_CLUSTER = {"CPU": 6.0, "memory": 1e10}
+
+
+def test_gpu_cluster_one_gpu_per_actor_pool_up_to_the_gpus():
+    plan = plan_pool("tokenize", ActorPoolConfig(), GPU_CLUSTER)
+    assert (plan.num_gpus, plan.num_cpus, plan.min_size, plan.max_size) == (1.0, None, 1, 4)
+    args = plan.map_batches_args()
+    assert args["num_gpus"] == 1.0 and "num_cpus" not in args and "resources" not in args
+    assert (args["compute"].min_size, args["compute"].max_size) == (1, 4)
+    assert "max_restarts" not in args, "Ray Data's own defaults (-1) are not passed again"
+
+
+def test_fractional_gpus_share_a_gpu():
+    plan = plan_pool("tokenize", ActorPoolConfig(num_gpus=0.5, num_cpus=2), GPU_CLUSTER)
+    assert (plan.num_gpus, plan.num_cpus, plan.max_size) == (0.5, 2, 8)
+    assert plan.map_batches_args()["num_cpus"] == 2
+
+
+def test_cpu_only_cluster_runs_on_cpus_pool_up_to_the_cpus():
+    plan = plan_pool("separate", ActorPoolConfig(), CPU_CLUSTER)
+    assert (plan.num_gpus, plan.num_cpus, plan.max_size, plan.uses_gpu) == (0.0, 1.0, 6, False)
+    assert "num_gpus" not in plan.map_batches_args()
+    assert plan_pool("separate", ActorPoolConfig(num_cpus=4), CPU_CLUSTER).max_size == 1
+
+
+def test_device_cpu_asks_for_no_gpu_unless_told():
+    assert plan_pool("tokenize", ActorPoolConfig(), GPU_CLUSTER, device="cpu").num_gpus == 0
+    assert plan_pool("tokenize", ActorPoolConfig(num_gpus=1), GPU_CLUSTER, device="cpu").num_gpus == 1
+
+
+def test_custom_resources_cap_the_pool_and_are_passed(capsys):
+    cluster = GPU_CLUSTER | {"codec": 3.0}
+    plan = plan_pool("tokenize", ActorPoolConfig(resources={"codec": 1}), cluster)
+    assert plan.max_size == 3 and plan.map_batches_args()["resources"] == {"codec": 1}
+    assert "warning" not in capsys.readouterr().out
+    plan = plan_pool("tokenize", ActorPoolConfig(resources={"codec": 1}), GPU_CLUSTER)
+    assert "codec 1 (cluster: 0)" in capsys.readouterr().out and plan.max_size == 1
+
+
+def test_explicit_bounds_and_retries_win(capsys):
+    cfg = ActorPoolConfig(num_gpus=1, min_actors=2, max_actors=16, max_restarts=3, max_task_retries=5)
+    plan = plan_pool("tokenize", cfg, CPU_CLUSTER)  # an autoscaling cluster with no GPU node yet
+    assert (plan.num_gpus, plan.min_size, plan.max_size) == (1.0, 2, 16)
+    assert "GPU 1 (cluster: 0)" in capsys.readouterr().out
+    args = plan.map_batches_args()
+    assert (args["max_restarts"], args["max_task_retries"]) == (3, 5)
+    assert "actor pool 2..16 actors, each asks for GPU 1" in plan.describe()
+
+
+@pytest.mark.parametrize("bad", [dict(num_gpus=-1), dict(min_actors=0), dict(min_actors=3, max_actors=2),
+                                 dict(resources={"GPU": 1}), dict(resources={"codec": 0})])
+def test_bad_pool_configs_are_refused(bad):
+    with pytest.raises(ValueError):
+        ActorPoolConfig(**bad)
+
+
+def test_prompts_placement():
+    gpu = plan_pool("tokenize", ActorPoolConfig(), GPU_CLUSTER)
+    cpu = plan_pool("tokenize", ActorPoolConfig(), CPU_CLUSTER)
+    assert prompts_on_codec_actors("auto", gpu) and not prompts_on_codec_actors("auto", cpu)
+    assert prompts_on_codec_actors("codec_actors", cpu) and not prompts_on_codec_actors("cpu_tasks", gpu)
+    with pytest.raises(ValueError, match="prompts_on"):
+        prompts_on_codec_actors("gpu", gpu)
+
+
+def test_pipeline_config_overrides(tmp_path):
+    cfg = load_pipeline_config(None, ["ray.tokenize.num_gpus=0.5", "ray.tokenize.resources={codec: 1}",
+                                      "ray.separate.max_actors=3", "ray.prompts.resources={cpu_node: 1}",
+                                      "ray.prompts_on=cpu_tasks"])
+    assert cfg.ray.tokenize == ActorPoolConfig(num_gpus=0.5, resources={"codec": 1})
+    assert cfg.ray.separate.max_actors == 3 and cfg.ray.prompts == TaskConfig(resources={"cpu_node": 1})
+    assert R.task_args(cfg.ray.prompts) == {"num_cpus": 1.0, "resources": {"cpu_node": 1}}
+    with pytest.raises(ConfigError, match="min_actors"):
+        load_pipeline_config(None, ["ray.tokenize.min_actors=0"])
+    fixed = tokenize_pool(RayConfig(tokenize_actors=2))
+    assert (fixed.min_actors, fixed.max_actors) == (2, 2)
+
+
+def test_actor_device_outside_ray_and_explicit(monkeypatch, capsys):
+    monkeypatch.setattr(R, "_ray_gpu_ids", lambda: [])
+    assert actor_device("auto") == "cpu" and actor_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="torch sees no CUDA"):
+        actor_device("cuda")
+    monkeypatch.setattr(R, "_ray_gpu_ids", lambda: [1])  # Ray assigned a GPU that torch cannot see
+    assert actor_device("auto", "tokenize") == "cpu"
+    assert "[tokenize] Ray gave this actor GPU 1, but torch sees no CUDA device" in capsys.readouterr().out
+    monkeypatch.setattr(R.torch.cuda, "is_available", lambda: True)
+    assert actor_device("auto") == "cuda:0", "the GPU Ray gave is the actor's device 0"
+
+
+def test_prompts_on_the_codec_actor_equal_prompts_as_cpu_tasks(tmp_path):
+    """The two placements of the prompts stage give the same tokens and features (here both on the CPU)."""
+    import numpy as np
+
+    from pipeline_fixtures import make_drums
+    from pipelines.stages.prompts import PromptConfig, prompts_batch
+    from pipelines.stages.tokenize import PromptsTokenizer, Tokenizer
+    from tria.codec import CodecConfig
+
+    path = str(make_drums(tmp_path, n_loops=1, seconds=7.0, bad=False)[0])
+    batch = {"key": np.asarray(["a", "b"]), "path": np.asarray([path, path]), "offset_s": np.asarray([0.0, 0.5]),
+             "duration_s": np.asarray([6.0, 6.0]), "split": np.asarray(["train", "val"])}
+    prompts = PromptConfig(n_variants=2)
+    codec = CodecConfig(weights="random", size="tiny", device="cpu")
+    fused = PromptsTokenizer(codec, prompts, ("val",))(dict(batch))
+    apart = Tokenizer(codec, ("val",))(prompts_batch(dict(batch), prompts))
+    assert fused.keys() == apart.keys() and "audio" not in fused
+    for k in ("tokens", "feats", "n_frames", "ok"):
+        assert np.array_equal(fused[k], apart[k]), k
+    assert fused["flac"][1] == apart["flac"][1] != b"" and fused["flac"][0] == b""

@@ -1,0 +1,129 @@
+"""Helpers of the Ray cluster tests: a pipeline config on a fixture corpus, and the samples of its shards."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import socket
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import yaml
+
+
+def pipeline_yaml(root: Path, audio: Path, mix: bool = False, per_shard: int = 4, batch: int = 1,
+                  ray: dict | None = None, include: tuple[str, ...] = ("loop_*",), name: str = "cluster-test") -> Path:
+    """``root/pipeline.yaml`` over the loops (and the mix) of ``audio``: tiny random codec, release features."""
+    sources = [{"name": "local_folder", "location": str(audio), "include": list(include), "tier": "isolated",
+                "licence": "test"}]
+    if mix:
+        sources.append({"name": "local_folder", "location": str(audio), "include": ["song_*"], "role": "mix",
+                        "tier": "separated", "licence": "test", "split": "train"})
+    cfg = {
+        "name": name,
+        "sources": sources,
+        "filter": {"region_s": 7.0, "loudness_cutoff_db": -50.0},  # random-init Demucs output is quiet
+        "prompts": {"n_variants": 2, "augment": {"preset": "release"}, "features": {"preset": "release"}},
+        "codec": {"weights": "random", "size": "tiny"},
+        "separate": {"weights": "random"},
+        "shard": {"samples_per_shard": per_shard},
+        "ray": {"prompt_batch_size": batch, "tokenize_batch_size": batch, **(ray or {})},
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "pipeline.yaml"
+
+
+def read_shards(shard_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """key -> (tokens, feats) over the complete shards under ``shard_dir``, and every key read (repeats kept)."""
+    samples, keys = {}, []
+    for path in sorted(shard_dir.rglob("*.tar")):
+        with tarfile.open(path) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name in members:
+            if name.endswith(".json"):
+                key = json.loads(members[name])["key"]
+                keys.append(key)
+                samples[key] = (np.load(io.BytesIO(members[f"{name[:-5]}.tokens.npy"])),
+                                np.load(io.BytesIO(members[f"{name[:-5]}.feats.npy"])))
+    return samples, keys
+
+
+@contextlib.contextmanager
+def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any, str, Callable[..., Any]]]:
+    """A multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: one raylet and its workers per
+    node) with token auth, free ports and its own temp folder. Yields ``(cluster, job_url, add_node)``;
+    ``add_node(**node_args)`` starts one more node (``num_cpus``, ``num_gpus``, ``resources`` ...).
+
+    Free ports and a private temp folder, because Ray's defaults (a fixed agent port, /tmp/ray) are shared
+    with every other Ray on the machine: a node then talked to another cluster's runtime-env agent (seen
+    here: RuntimeEnvSetupError naming another checkout's venv). The venv's bin goes first on PATH: a
+    submitted job's ``python`` is found on the head's PATH.
+    """
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+
+    def ports() -> dict:
+        return dict(temp_dir=temp, dashboard_agent_listen_port=free_port(), runtime_env_agent_port=free_port(),
+                    metrics_agent_port=free_port(), metrics_export_port=free_port())
+
+    saved = {k: os.environ.get(k) for k in ("PATH", "RAY_AUTH_MODE")}
+    os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    os.environ["RAY_AUTH_MODE"] = "token"
+    _refresh_ray_auth()  # this process read the mode at import; nodes and clients must agree
+    dashboard_port = [0]
+
+    def head() -> dict:
+        dashboard_port[0] = free_port()
+        args = dict(num_cpus=head_cpus, gcs_server_port=free_port(), ray_client_server_port=free_port(),
+                    include_dashboard=dashboard, **ports())
+        return args | (dict(dashboard_host="127.0.0.1", dashboard_port=dashboard_port[0]) if dashboard else {})
+
+    c = Cluster()
+    try:
+        _retry_start(lambda: c.add_node(**head()))  # new ports each try: a failed head may still hold its own
+        yield c, f"http://127.0.0.1:{dashboard_port[0]}", lambda **node: _retry_start(lambda: c.add_node(**node, **ports()))
+    finally:
+        c.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _refresh_ray_auth()
+
+
+def free_port() -> int:
+    """A TCP port free on every interface. Ray binds its agents on the node's IP, not on 127.0.0.1, so a
+    loopback-only probe (tests/net.py) can hand out a port that another Ray already holds there: a node
+    of this cluster then reached another cluster's runtime-env agent (seen here, twice, under load)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _retry_start(start: Callable[[], Any], tries: int = 3) -> Any:
+    """Ray gives a new raylet a fixed 30 s to register (ray/_private/node.py); on a machine loaded by other
+    users it sometimes needs more. Try again, up to ``tries`` times, on that error only."""
+    for attempt in range(tries):
+        try:
+            return start()
+        except Exception as e:
+            if "timed out during startup" not in str(e) or attempt == tries - 1:
+                raise
+            print(f"[local_cluster] a Ray node did not register within 30 s; starting it again ({e})", flush=True)
+
+
+def _refresh_ray_auth() -> None:
+    from ray._private.authentication.authentication_token_setup import Config
+
+    Config.initialize("")
