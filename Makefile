@@ -40,12 +40,17 @@ chromium:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || exit 1; \
 	  else echo "[setup] the browser test needs Debian's chromium: sudo apt-get install chromium"; fi; }
 
-# uv itself, bootstrapped with pip from its hashed lock.
+# uv, from its hashed lock, installed with the system's pip into $(VENV)/uv (outside site-packages, so
+# the sync below leaves it alone) and linked as $(VENV)/bin/uv. A venv without pip takes well under a
+# second (ensurepip ~10 s); pip and setuptools come from the lock. Where $(PYTHON) has no pip, the
+# venv is made with its own pip, which then installs uv.
 $(UV): $(LOCK)/uv.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --no-deps --require-hashes -r $(LOCK)/uv.txt 2>&1 | grep -v "is ignored: it is neither"; \
-	test $${PIPESTATUS[0]} -eq 0
-	@touch $@
+	@set -e; rm -rf $(VENV)/uv; export PIP_ROOT_USER_ACTION=ignore; \
+	if $(PYTHON) -m pip --version >/dev/null 2>&1; then test -x $(PY) || $(PYTHON) -m venv --without-pip $(VENV); \
+	  pip="$(PYTHON) -m pip"; else test -x $(PY) || $(PYTHON) -m venv $(VENV); pip="$(PY) -m pip"; fi; \
+	$$pip install -q --no-deps --require-hashes --target $(VENV)/uv -r $(LOCK)/uv.txt 2>&1 \
+	  | { grep -v "is ignored: it is neither" || true; }; test $${PIPESTATUS[0]} -eq 0; \
+	ln -sf ../uv/bin/uv $(UV); touch $(UV)
 
 # The venv is made equal to the lock (uv pip sync removes what the lock does not list), then the two
 # --no-deps packages and this project (editable) go on top.
@@ -61,8 +66,12 @@ $(STAMP): $(UV) pyproject.toml $(LOCK)/$(TORCH).txt $(LOCK)/nodeps.txt
 	$(UV) pip sync --python $(PY) --require-hashes $$torch_src $(LOCK)/$(TORCH).txt $(LOCK)/nodeps.txt 2>&1 \
 	  | grep -v -E '^ [-+~] '; test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e . || exit 1; \
-	$(PY) -c "import tria, pipelines, dac, demucs, ray, mlflow, webdataset, duckdb, pyloudnorm, torch; \
-	print('[setup] torch', torch.__version__, '- CUDA device' if torch.cuda.is_available() else '- no CUDA device')" || exit 1; \
+	$(PY) -c "import importlib.util as u, importlib.metadata as md; \
+	missing = [m for m in 'tria pipelines dac audiotools demucs ray mlflow webdataset duckdb pyloudnorm torch'.split() \
+	           if u.find_spec(m) is None]; assert not missing, f'not importable: {missing}'; \
+	print('[setup] torch', md.version('torch'))" || exit 1; \
+	if [ "$(TORCH)" = cuda ]; then $(PY) -c "import torch; print('[setup] torch sees', \
+	  f'{torch.cuda.device_count()} CUDA device(s)' if torch.cuda.is_available() else 'no CUDA device: the demo runs on the CPU')"; fi; \
 	rm -f $(VENV)/.installed-*; \
 	echo "[setup] done in $$(( $$(date +%s) - start )) s: $$(du -sh $(VENV) | cut -f1)"
 	@touch $@
@@ -73,9 +82,9 @@ lock: $(UV)
 	links=""; for d in $(TORCH_FIND_LINKS); do links="$$links --find-links $${d#file://}"; done; \
 	$(UV) pip compile "$${c[@]}" --no-deps requirements/uv.txt -o $(LOCK)/uv.txt; \
 	$(UV) pip compile "$${c[@]}" --no-deps requirements/nodeps.txt -o $(LOCK)/nodeps.txt; \
-	$(UV) pip compile "$${c[@]}" $${links:---torch-backend cpu} requirements/base.txt requirements/uv.txt \
+	$(UV) pip compile "$${c[@]}" $${links:---torch-backend cpu} requirements/base.txt requirements/tools.txt \
 	  requirements/torch-cpu.txt -o $(LOCK)/cpu.txt; \
-	$(UV) pip compile "$${c[@]}" requirements/base.txt requirements/uv.txt requirements/torch-cuda.txt \
+	$(UV) pip compile "$${c[@]}" requirements/base.txt requirements/tools.txt requirements/torch-cuda.txt \
 	  -o $(LOCK)/cuda.txt; \
 	echo "[lock] wrote $(LOCK)/{cpu,cuda,nodeps,uv}.txt: $$(grep -c '^[a-z]' $(LOCK)/cpu.txt) packages (cpu), \
 	$$(grep -c '^[a-z]' $(LOCK)/cuda.txt) (cuda)"
