@@ -52,8 +52,9 @@ $(UV): $(LOCK)/uv.txt
 	  | { grep -v "is ignored: it is neither" || true; }; test $${PIPESTATUS[0]} -eq 0; \
 	ln -sf ../uv/bin/uv $(UV); touch $(UV)
 
-# The venv is made equal to the lock (uv pip sync removes what the lock does not list), then the two
-# --no-deps packages and this project (editable) go on top.
+# The venv is made equal to the lock (uv pip sync removes what the lock does not list), then this
+# project goes on top (editable). When switching TORCH, torch is removed first: uv takes an installed
+# 2.13.0+cpu as satisfying ==2.13.0 and would keep it.
 $(STAMP): $(UV) pyproject.toml $(LOCK)/$(TORCH).txt $(LOCK)/nodeps.txt
 	@echo "[setup] installing the locked $(TORCH) set into $(VENV) with $$($(UV) --version)"
 	@start=$$(date +%s); torch_src=""; \
@@ -63,6 +64,8 @@ $(STAMP): $(UV) pyproject.toml $(LOCK)/$(TORCH).txt $(LOCK)/nodeps.txt
 	    if compgen -G "$$d/torch-*+cpu-*.whl" >/dev/null; then torch_src="--find-links $$d"; where=$$d; break; fi; done; \
 	  echo "[setup] torch CPU wheel from $$where"; \
 	fi; \
+	if ls $(VENV)/.installed-* 2>/dev/null | grep -q -v -x "$(STAMP)"; then \
+	  $(UV) pip uninstall -q --python $(PY) torch; fi; \
 	$(UV) pip sync --python $(PY) --require-hashes $$torch_src $(LOCK)/$(TORCH).txt $(LOCK)/nodeps.txt 2>&1 \
 	  | grep -v -E '^ [-+~] '; test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e . || exit 1; \
