@@ -44,7 +44,10 @@ chromium:
 # the sync below leaves it alone) and linked as $(VENV)/bin/uv. A venv without pip takes well under a
 # second (ensurepip ~10 s); pip and setuptools come from the lock. Where $(PYTHON) has no pip, the
 # venv is made with its own pip, which then installs uv.
+# A $(VENV) that this recipe did not make (an older Makefile's, or a venv shared by hand) is left alone.
 $(UV): $(LOCK)/uv.txt
+	@if [ -e $(PY) ] && [ ! -d $(VENV)/uv ]; then echo "[setup] $(VENV) was not made by this Makefile from" \
+	  "requirements/lock: left untouched. Run 'make clean-venv' to replace it, or use another VENV=..." >&2; exit 1; fi
 	@set -e; rm -rf $(VENV)/uv; export PIP_ROOT_USER_ACTION=ignore; \
 	if $(PYTHON) -m pip --version >/dev/null 2>&1; then test -x $(PY) || $(PYTHON) -m venv --without-pip $(VENV); \
 	  pip="$(PYTHON) -m pip"; else test -x $(PY) || $(PYTHON) -m venv $(VENV); pip="$(PY) -m pip"; fi; \
