@@ -90,7 +90,7 @@ def _installed_variant() -> str | None:
 def test_the_running_venv_holds_exactly_its_lock():
     pins = read_lock(LOCK / f"{_installed_variant()}.txt") | read_lock(LOCK / "nodeps.txt")
     installed = {canonicalize_name(d.metadata["Name"]): d.version for d in md.distributions()}
-    installed.pop("tria-scale")  # this project, installed editable on top of the lock
+    installed.pop("tria-scale", None)  # this project, installed editable on top of the lock
     # packages installed later by hand (not in the lock) are not checked, only that the lock is installed
     mismatched = {n: (v, pins[n][0]) for n, v in installed.items() if n in pins and pins[n][0] != v}
     missing = sorted(set(pins) - set(installed))
