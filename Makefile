@@ -19,6 +19,10 @@ TORCH_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get g
 # The locks target this platform (pyproject: Python 3.11).
 LOCK_PLATFORM := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 PYTEST_ARGS ?=
+# uv installs no .pyc files (pip compiled them at install). With PYTHONDONTWRITEBYTECODE set (as in some CI
+# shells) every process - each MLflow server, Ray worker and torchrun rank - would then recompile all it
+# imports (~20 s of CPU for an MLflow server). Unset, the first import writes them once.
+unexport PYTHONDONTWRITEBYTECODE
 STAMP := $(VENV)/.installed-$(TORCH)
 
 .PHONY: demo test setup lock clean-venv chromium
@@ -46,8 +50,8 @@ chromium:
 # venv is made with its own pip, which then installs uv.
 # A $(VENV) that this recipe did not make (an older Makefile's, or a venv shared by hand) is left alone.
 $(UV): $(LOCK)/uv.txt
-	@if [ -e $(PY) ] && [ ! -d $(VENV)/uv ]; then echo "[setup] $(VENV) was not made by this Makefile from" \
-	  "requirements/lock: left untouched. Run 'make clean-venv' to replace it, or use another VENV=..." >&2; exit 1; fi
+	@if [ -e $(PY) ] && [ ! -d $(VENV)/uv ]; then echo "[setup] $(VENV) was made by an older recipe (not from" \
+	  "requirements/lock): replacing it"; rm -rf $(VENV); fi
 	@set -e; rm -rf $(VENV)/uv; export PIP_ROOT_USER_ACTION=ignore; \
 	if $(PYTHON) -m pip --version >/dev/null 2>&1; then test -x $(PY) || $(PYTHON) -m venv --without-pip $(VENV); \
 	  pip="$(PYTHON) -m pip"; else test -x $(PY) || $(PYTHON) -m venv $(VENV); pip="$(PY) -m pip"; fi; \
