@@ -90,6 +90,7 @@ logger = logging.getLogger(__name__)
 
 TIERS: tuple[str, ...] = ("isolated", "separated", "synthetic")
 """Quality tiers; ``tier_id`` in a batch is the index in this tuple."""
+_TIER_ID = {t: i for i, t in enumerate(TIERS)}
 
 _STATE_VERSION = 1
 _NEEDED_MEMBERS = ("tokens.npy", "feats.npy", "json")
@@ -110,6 +111,9 @@ class ShardSpec:
         sha256: Hex digest of the whole file; checked only when ``ReaderConfig.verify_checksums``.
         stream: Name of the stream (source) the shard belongs to, for weighted mixing.
         weight: Mixing weight of that stream; every shard of a stream must carry the same weight.
+        prompts: The prompt shard of the same group (same keys, same order) that gives the features;
+            None when ``url`` holds the features too.
+        prompts_sha256: Hex digest of the prompt shard.
     """
 
     url: str
@@ -117,6 +121,8 @@ class ShardSpec:
     sha256: str | None = None
     stream: str = "default"
     weight: float | None = None
+    prompts: str | None = None
+    prompts_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url:
@@ -139,6 +145,8 @@ class ShardSpec:
             sha256=d.get("sha256"),
             stream=str(d.get("stream", "default")),
             weight=None if weight is None else float(weight),
+            prompts=d.get("prompts"),
+            prompts_sha256=d.get("prompts_sha256"),
         )
 
 
@@ -291,7 +299,7 @@ class _EpochPlan:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Reading: a forward cursor over one shard's tar members.
+# Reading: one shard's samples, in increasing index order, through its index or by walking tar headers.
 
 
 def open_binary(url: str) -> BinaryIO:
@@ -323,12 +331,12 @@ def _split_name(name: str) -> tuple[str, str]:
     return key, suffix
 
 
-class _ShardCursor:
-    """Reads chosen samples of one shard, in increasing index order, decoding nothing else."""
+class _HeaderWalk:
+    """Reads chosen samples of a tar by walking its headers, decoding nothing else (no index needed)."""
 
-    def __init__(self, spec: ShardSpec) -> None:
-        self.spec = spec
-        self._file = open_binary(spec.url)
+    def __init__(self, url: str, suffixes: tuple[str, ...]) -> None:
+        self.url, self.suffixes = url, suffixes
+        self._file = open_binary(url)
         seekable = bool(getattr(self._file, "seekable", lambda: False)())
         # "r:" lets tarfile seek past unwanted members; "r|" reads through them on plain streams.
         self._tar = tarfile.open(fileobj=self._file, mode="r:" if seekable else "r|")
@@ -348,29 +356,30 @@ class _ShardCursor:
                     yield index, key, parts
                 index, key = index + 1, k
                 parts = {} if index == self._target else None
-            member = self._tar.extractfile(info) if parts is not None and suffix in _NEEDED_MEMBERS else None
+            member = self._tar.extractfile(info) if parts is not None and suffix in self.suffixes else None
             if parts is not None and member is not None:
                 parts[suffix] = member.read()
         if parts is not None:
             yield index, key, parts
         self.n_seen = index + 1
 
-    def get(self, index: int) -> tuple[str, dict[str, bytes]]:
-        """Returns (key, raw members) of sample ``index``; raises ShardError when unreadable."""
-        if index <= self._target:
-            raise ValueError(f"cursor on {self.spec.url} moves forward only ({index} <= {self._target})")
+    def get(self, index: int) -> tuple[str, dict[str, Any]]:
+        """(key, members) of sample ``index``: arrays decoded from ``.npy``, ``json`` parsed."""
         self._target = index
-        try:
-            found, key, parts = next(self._walk)
-        except StopIteration:
-            raise ShardError(
-                f"ends after {getattr(self, 'n_seen', '?')} samples, sample {index} "
-                f"requested ({self.spec.n_samples} declared): truncated?"
-            ) from None
-        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-            raise ShardError(f"{type(e).__name__}: {e}") from e
+        found, key, raw = next(self._walk)
         if found != index:
             raise ShardError(f"sample {index} expected, found {found}")
+        parts: dict[str, Any] = {}
+        try:
+            for suffix, data in raw.items():
+                if suffix.endswith(".npy"):
+                    parts[suffix] = np.load(io.BytesIO(data), allow_pickle=False)
+                elif suffix == "json":
+                    meta = json.loads(data.decode("utf-8"))
+                    parts.update(n_frames=meta.get("n_frames"), tier=meta.get("tier"))
+        except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:
+            raise ShardError(f"sample {key!r} does not decode: {type(e).__name__}: {e}") from e
+        parts["json"] = "json" in raw
         return key, parts
 
     def close(self) -> None:
@@ -378,33 +387,156 @@ class _ShardCursor:
         self._file.close()
 
 
-def _decode(key: str, parts: Mapping[str, bytes], seed: int, epoch: int) -> dict[str, Any]:
-    """Raw members -> sample dict; picks one feature variant from (seed, epoch, key)."""
-    missing = [m for m in _NEEDED_MEMBERS if m not in parts]
-    if missing:
-        raise ShardError(f"sample {key!r} lacks members {missing}")
+class _Indexed:
+    """Reads chosen samples of a tar through the index the pipeline writes beside it (``<tar>.idx``).
+
+    The index gives each sample's key, ``n_frames`` and tier, and each array's byte offset, dtype and shape,
+    so a sample costs one positioned read per array (of only the feature variant used) and a
+    ``np.frombuffer``: no tar header or ``.npy`` header is parsed.
+    """
+
+    def __init__(self, url: str, index: dict[str, Any], suffixes: tuple[str, ...]) -> None:
+        self.url, self.keys = url, index["keys"]
+        self.arrays = {s: index["arrays"][s] for s in suffixes if s.endswith(".npy") and s in index["arrays"]}
+        self.meta = index.get("meta", {})
+        self._fd, self._file = _open_random(url)
+
+    def get(self, index: int) -> tuple[str, dict[str, Any]]:
+        parts: dict[str, Any] = {s: entries[index] for s, entries in self.arrays.items()}  # (offset, dtype, shape)
+        if "n_frames" in self.meta:
+            parts.update(n_frames=self.meta["n_frames"][index], tier=self.meta["tier"][index], json=True)
+        return self.keys[index], parts
+
+    def read(self, entry: Sequence[Any], first: int | None = None) -> np.ndarray:
+        """The array of an index entry; with ``first``, only ``array[first]``."""
+        offset, dtype, shape = entry
+        dt = np.dtype(dtype)
+        if first is not None:
+            rest = shape[1:]
+            n = dt.itemsize * math.prod(rest)
+            offset, shape = offset + first * n, rest
+        else:
+            n = dt.itemsize * math.prod(shape)
+        data = os.pread(self._fd, n, offset) if self._fd is not None else self._file.read_at(n, offset)
+        if len(data) != n:
+            raise ShardError(f"{self.url}: {len(data)} of {n} bytes at offset {offset}: truncated?")
+        return np.frombuffer(data, dtype=dt).reshape(shape)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        else:
+            self._file.close()
+
+
+def _open_random(url: str) -> tuple[int | None, Any]:
+    """A local file descriptor (for ``os.pread``), or a pyarrow random-access file for a URI."""
+    if "://" not in url:
+        return os.open(url, os.O_RDONLY), None
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(url)
+    return None, fs.open_input_file(path)
+
+
+INDEX_FORMAT = "tria-shard-index/1"
+
+
+def _load_index(url: str) -> dict[str, Any] | None:
+    """The index beside a tar, or None when there is none or it does not describe this file (then the
+    reader walks the headers)."""
     try:
-        tokens = np.load(io.BytesIO(parts["tokens.npy"]), allow_pickle=False)
-        feats = np.load(io.BytesIO(parts["feats.npy"]), allow_pickle=False)
-        meta = json.loads(parts["json"].decode("utf-8"))
-    except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:
-        raise ShardError(f"sample {key!r} does not decode: {type(e).__name__}: {e}") from e
-    if tokens.ndim != 2 or feats.ndim != 3 or feats.shape[2] != tokens.shape[1] or feats.shape[0] < 1:
-        raise ShardError(
-            f"sample {key!r}: tokens {tokens.shape} / feats {feats.shape} do not match the format"
-        )
-    tier, n_frames = meta.get("tier"), meta.get("n_frames")
-    if tier not in TIERS or not isinstance(n_frames, int) or not 0 < n_frames <= tokens.shape[1]:
-        raise ShardError(f"sample {key!r}: bad metadata tier={tier!r} n_frames={n_frames!r}")
-    # A stable hash (not Python's salted hash()) so every process and every restart picks the same variant.
-    variant = zlib.crc32(f"{seed}:{epoch}:{key}".encode()) % feats.shape[0]
-    return {
-        "key": key,
-        "tokens": tokens,
-        "feats": np.array(feats[variant]),
-        "n_frames": n_frames,
-        "tier": tier,
-    }
+        with open_binary(url + ".idx") as f:
+            index = json.loads(f.read())
+        if index.get("format") != INDEX_FORMAT:
+            return None
+        size = os.stat(url).st_size if "://" not in url else _uri_size(url)
+        return index if index.get("tar_bytes") == size else None
+    except (OSError, ValueError):
+        return None
+
+
+def _uri_size(url: str) -> int:
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(url)
+    return int(fs.get_file_info(path).size or -1)
+
+
+def _open_tar(url: str, suffixes: tuple[str, ...]) -> _Indexed | _HeaderWalk:
+    index = _load_index(url)
+    return _Indexed(url, index, suffixes) if index is not None else _HeaderWalk(url, suffixes)
+
+
+class _ShardCursor:
+    """Chosen samples of one shard (a token tar, zipped with its prompt tar), in increasing index order.
+
+    Decodes only the samples asked for, and of the K feature variants only the one this epoch uses.
+    """
+
+    def __init__(self, spec: ShardSpec, seed: int, epoch: int) -> None:
+        self.spec, self.seed, self.epoch = spec, seed, epoch
+        self._target = -1
+        self._tars: list[_Indexed | _HeaderWalk] = []
+        if spec.prompts is None:  # one tar holds both fields
+            self._tars.append(_open_tar(spec.url, _NEEDED_MEMBERS))
+        else:
+            self._tars.append(_open_tar(spec.url, ("tokens.npy", "json")))
+            self._tars.append(_open_tar(spec.prompts, ("feats.npy",)))
+
+    def get(self, index: int) -> dict[str, Any]:
+        """The decoded sample ``index``; raises ShardError when it cannot be read."""
+        if index <= self._target:
+            raise ValueError(f"cursor on {self.spec.url} moves forward only ({index} <= {self._target})")
+        self._target = index
+        try:
+            found = [tar.get(index) for tar in self._tars]
+        except StopIteration:
+            raise ShardError(
+                f"ends before sample {index} ({self.spec.n_samples} declared): truncated?"
+            ) from None
+        except IndexError:
+            raise ShardError(f"its index has no sample {index} ({self.spec.n_samples} declared)") from None
+        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+            raise ShardError(f"{type(e).__name__}: {e}") from e
+        key = found[0][0]
+        if any(k != key for k, _ in found):
+            raise ShardError(f"sample {index}: token key {key!r} != prompt key {found[-1][0]!r}: "
+                             "the token and prompt shards are not aligned")
+        tokens_tar, feats_tar = self._tars[0], self._tars[-1]
+        tokens_part, feats_part = found[0][1].get("tokens.npy"), found[-1][1].get("feats.npy")
+        meta = found[0][1]
+        if tokens_part is None or feats_part is None or not meta.get("json"):
+            missing = [m for m, v in (("tokens.npy", tokens_part), ("feats.npy", feats_part),
+                                      ("json", meta.get("json") or None)) if v is None]
+            raise ShardError(f"sample {key!r} lacks members {missing}")
+        try:
+            tokens = tokens_part if isinstance(tokens_part, np.ndarray) else tokens_tar.read(tokens_part)
+            n_variants = (feats_part.shape if isinstance(feats_part, np.ndarray) else feats_part[2])[0]
+            if n_variants < 1:
+                raise ShardError(f"sample {key!r} has no feature variant")
+            # A stable hash (not Python's salted hash()) so every process and restart picks the same variant.
+            variant = zlib.crc32(f"{self.seed}:{self.epoch}:{key}".encode()) % n_variants
+            if isinstance(feats_part, np.ndarray):
+                if feats_part.ndim != 3:
+                    raise ShardError(f"sample {key!r}: feats {feats_part.shape} do not match the format")
+                feats = feats_part[variant]
+            else:
+                if len(feats_part[2]) != 3:
+                    raise ShardError(f"sample {key!r}: feats {feats_part[2]} do not match the format")
+                feats = feats_tar.read(feats_part, first=variant)
+        except (ValueError, OSError) as e:
+            raise ShardError(f"sample {key!r} does not decode: {type(e).__name__}: {e}") from e
+        if tokens.ndim != 2 or feats.shape[1] != tokens.shape[1]:
+            raise ShardError(f"sample {key!r}: tokens {tokens.shape} / feats {feats.shape} do not match the format")
+        tier, n_frames = meta.get("tier"), meta.get("n_frames")
+        if tier not in TIERS or not isinstance(n_frames, int) or not 0 < n_frames <= tokens.shape[1]:
+            raise ShardError(f"sample {key!r}: bad metadata tier={tier!r} n_frames={n_frames!r}")
+        return {"key": key, "tokens": tokens, "feats": feats, "n_frames": n_frames, "tier": tier}
+
+    def close(self) -> None:
+        for tar in self._tars:
+            tar.close()
 
 
 class _Fetcher:
@@ -437,9 +569,8 @@ class _Fetcher:
         try:
             self._check(shard)
             if seg not in self._cursors:
-                self._cursors[seg] = _ShardCursor(self.shards[shard])
-            key, parts = self._cursors[seg].get(pos)
-            return _decode(key, parts, self.cfg.seed, self.plan.epoch)
+                self._cursors[seg] = _ShardCursor(self.shards[shard], self.cfg.seed, self.plan.epoch)
+            return self._cursors[seg].get(pos)
         except (ShardError, OSError, tarfile.TarError) as e:
             self._bad.add(shard)
             cursor = self._cursors.pop(seg, None)
@@ -450,11 +581,14 @@ class _Fetcher:
 
     def _check(self, shard: int) -> None:
         spec = self.shards[shard]
-        if not self.cfg.verify_checksums or spec.sha256 is None or shard in self._verified:
+        if not self.cfg.verify_checksums or shard in self._verified:
             return
-        digest = _sha256(spec.url)
-        if digest != spec.sha256.lower():
-            raise ShardError(f"sha256 mismatch: file {digest[:16]}..., catalogue {spec.sha256[:16]}...")
+        for url, sha in ((spec.url, spec.sha256), (spec.prompts, spec.prompts_sha256)):
+            if url is None or sha is None:
+                continue
+            digest = _sha256(url)
+            if digest != sha.lower():
+                raise ShardError(f"sha256 mismatch of {url}: file {digest[:16]}..., catalogue {sha[:16]}...")
         self._verified.add(shard)
 
     def close(self) -> None:
@@ -482,29 +616,34 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if not samples:
         raise ValueError("collate needs at least one sample")
     K, n_bands = samples[0]["tokens"].shape[0], samples[0]["feats"].shape[0]
-    for s in samples:
-        if s["tokens"].shape[0] != K or s["feats"].shape[0] != n_bands:
+    B, T = len(samples), max(s["tokens"].shape[1] for s in samples)
+    # Preallocated, then one converting copy per array (no per-sample tensors).
+    tokens = np.zeros((B, K, T), dtype=np.int64)
+    feats = np.zeros((B, n_bands, T), dtype=np.float32)
+    lengths = np.empty(B, dtype=np.int64)
+    tier_id = np.empty(B, dtype=np.int64)
+    for b, s in enumerate(samples):
+        tok, f = s["tokens"], s["feats"]
+        if tok.shape[0] != K or f.shape[0] != n_bands:
             raise ValueError(
-                f"sample {s['key']!r} has {s['tokens'].shape[0]} codebooks / {s['feats'].shape[0]} "
+                f"sample {s['key']!r} has {tok.shape[0]} codebooks / {f.shape[0]} "
                 f"bands, the batch has {K} / {n_bands}"
             )
-        if s["tokens"].shape[1] != s["feats"].shape[1]:
+        n = tok.shape[1]
+        if f.shape[1] != n:
             raise ValueError(f"sample {s['key']!r}: tokens and feats differ in length")
-        if s["tier"] not in TIERS:
+        if s["tier"] not in _TIER_ID:
             raise ValueError(f"sample {s['key']!r}: unknown tier {s['tier']!r}; known: {TIERS}")
-    B, T = len(samples), max(s["tokens"].shape[1] for s in samples)
-    tokens = torch.zeros(B, K, T, dtype=torch.long)
-    feats = torch.zeros(B, n_bands, T, dtype=torch.float32)
-    for b, s in enumerate(samples):
-        n = s["tokens"].shape[1]
-        tokens[b, :, :n] = torch.from_numpy(np.asarray(s["tokens"], dtype=np.int64))
-        feats[b, :, :n] = torch.from_numpy(np.asarray(s["feats"], dtype=np.float32))
+        tokens[b, :, :n] = tok
+        feats[b, :, :n] = f
+        lengths[b] = min(int(s["n_frames"]), n)
+        tier_id[b] = _TIER_ID[s["tier"]]
     return {
-        "tokens": tokens,
-        "feats": feats,
-        "lengths": torch.tensor([min(int(s["n_frames"]), s["tokens"].shape[1]) for s in samples]),
+        "tokens": torch.from_numpy(tokens),
+        "feats": torch.from_numpy(feats),
+        "lengths": torch.from_numpy(lengths),
         "tier": [s["tier"] for s in samples],
-        "tier_id": torch.tensor([TIERS.index(s["tier"]) for s in samples], dtype=torch.long),
+        "tier_id": torch.from_numpy(tier_id),
         "keys": [s["key"] for s in samples],
     }
 
@@ -597,7 +736,8 @@ class ShardDataset(IterableDataset):
         cfg = asdict(self.config)
         for k in ("batch_size", "drop_last", "verify_checksums"):
             cfg.pop(k)
-        shards = [(s.url, s.n_samples, s.stream, s.weight) for s in self.shards]
+        shards = [(s.url, s.n_samples, s.stream, s.weight) + ((s.prompts,) if s.prompts else ())
+                  for s in self.shards]
         blob = json.dumps({"shards": shards, "config": cfg, "v": _STATE_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
