@@ -410,7 +410,7 @@ class _Indexed:
     def read(self, entry: Sequence[Any], first: int | None = None) -> np.ndarray:
         """The array of an index entry; with ``first``, only ``array[first]``."""
         offset, dtype, shape = entry
-        dt = np.dtype(dtype)
+        dt = _DTYPES.get(dtype) or _DTYPES.setdefault(dtype, np.dtype(dtype))
         if first is not None:
             rest = shape[1:]
             n = dt.itemsize * math.prod(rest)
@@ -440,15 +440,17 @@ def _open_random(url: str) -> tuple[int | None, Any]:
 
 
 INDEX_FORMAT = "tria-shard-index/1"
+_DTYPES: dict[str, np.dtype] = {}
 
 
-def _load_index(url: str) -> dict[str, Any] | None:
+def _load_index(url: str, sha256: str | None) -> dict[str, Any] | None:
     """The index beside a tar, or None when there is none or it does not describe this file (then the
-    reader walks the headers)."""
+    reader walks the headers). The index records the tar's size and sha256: both must match the file's
+    size and the catalogue's digest (when known)."""
     try:
         with open_binary(url + ".idx") as f:
             index = json.loads(f.read())
-        if index.get("format") != INDEX_FORMAT:
+        if index.get("format") != INDEX_FORMAT or (sha256 and index.get("sha256") != sha256.lower()):
             return None
         size = os.stat(url).st_size if "://" not in url else _uri_size(url)
         return index if index.get("tar_bytes") == size else None
@@ -463,8 +465,8 @@ def _uri_size(url: str) -> int:
     return int(fs.get_file_info(path).size or -1)
 
 
-def _open_tar(url: str, suffixes: tuple[str, ...]) -> _Indexed | _HeaderWalk:
-    index = _load_index(url)
+def _open_tar(url: str, sha256: str | None, suffixes: tuple[str, ...]) -> _Indexed | _HeaderWalk:
+    index = _load_index(url, sha256)
     return _Indexed(url, index, suffixes) if index is not None else _HeaderWalk(url, suffixes)
 
 
@@ -479,16 +481,42 @@ class _ShardCursor:
         self._target = -1
         self._tars: list[_Indexed | _HeaderWalk] = []
         if spec.prompts is None:  # one tar holds both fields
-            self._tars.append(_open_tar(spec.url, _NEEDED_MEMBERS))
+            self._tars.append(_open_tar(spec.url, spec.sha256, _NEEDED_MEMBERS))
         else:
-            self._tars.append(_open_tar(spec.url, ("tokens.npy", "json")))
-            self._tars.append(_open_tar(spec.prompts, ("feats.npy",)))
+            self._tars.append(_open_tar(spec.url, spec.sha256, ("tokens.npy", "json")))
+            self._tars.append(_open_tar(spec.prompts, spec.prompts_sha256, ("feats.npy",)))
+        tokens, feats = self._tars[0], self._tars[-1]
+        self._indexed = (isinstance(tokens, _Indexed) and isinstance(feats, _Indexed) and "n_frames" in tokens.meta
+                         and "tokens.npy" in tokens.arrays and "feats.npy" in feats.arrays)
+
+    def _get_indexed(self, index: int) -> dict[str, Any]:
+        """The fast path: both tars have an index (two positioned reads, no header parsed)."""
+        tok_tar, feat_tar = self._tars[0], self._tars[-1]
+        if index >= len(tok_tar.keys) or index >= len(feat_tar.keys):
+            raise ShardError(f"its index has no sample {index} ({self.spec.n_samples} declared)")
+        key = tok_tar.keys[index]
+        if feat_tar.keys[index] != key:
+            raise ShardError(f"sample {index}: token key {key!r} != prompt key {feat_tar.keys[index]!r}: "
+                             "the token and prompt shards are not aligned")
+        tok_entry, feat_entry = tok_tar.arrays["tokens.npy"][index], feat_tar.arrays["feats.npy"][index]
+        if len(tok_entry[2]) != 2 or len(feat_entry[2]) != 3 or feat_entry[2][0] < 1 \
+                or feat_entry[2][2] != tok_entry[2][1]:
+            raise ShardError(f"sample {key!r}: tokens {tok_entry[2]} / feats {feat_entry[2]} do not match the format")
+        # A stable hash (not Python's salted hash()) so every process and restart picks the same variant.
+        variant = zlib.crc32(f"{self.seed}:{self.epoch}:{key}".encode()) % feat_entry[2][0]
+        tokens, feats = tok_tar.read(tok_entry), feat_tar.read(feat_entry, first=variant)
+        tier, n_frames = tok_tar.meta["tier"][index], tok_tar.meta["n_frames"][index]
+        if tier not in _TIER_ID or not isinstance(n_frames, int) or not 0 < n_frames <= tok_entry[2][1]:
+            raise ShardError(f"sample {key!r}: bad metadata tier={tier!r} n_frames={n_frames!r}")
+        return {"key": key, "tokens": tokens, "feats": feats, "n_frames": n_frames, "tier": tier}
 
     def get(self, index: int) -> dict[str, Any]:
         """The decoded sample ``index``; raises ShardError when it cannot be read."""
         if index <= self._target:
             raise ValueError(f"cursor on {self.spec.url} moves forward only ({index} <= {self._target})")
         self._target = index
+        if self._indexed:
+            return self._get_indexed(index)
         try:
             found = [tar.get(index) for tar in self._tars]
         except StopIteration:
@@ -617,9 +645,9 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         raise ValueError("collate needs at least one sample")
     K, n_bands = samples[0]["tokens"].shape[0], samples[0]["feats"].shape[0]
     B, T = len(samples), max(s["tokens"].shape[1] for s in samples)
-    # Preallocated, then one converting copy per array (no per-sample tensors).
-    tokens = np.zeros((B, K, T), dtype=np.int64)
-    feats = np.zeros((B, n_bands, T), dtype=np.float32)
+    # Preallocated in the samples' own dtypes (a plain copy each), then one vectorised conversion per batch.
+    tokens = np.zeros((B, K, T), dtype=np.result_type(*(s["tokens"].dtype for s in samples)))
+    feats = np.zeros((B, n_bands, T), dtype=np.result_type(*(s["feats"].dtype for s in samples)))
     lengths = np.empty(B, dtype=np.int64)
     tier_id = np.empty(B, dtype=np.int64)
     for b, s in enumerate(samples):
@@ -639,8 +667,8 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         lengths[b] = min(int(s["n_frames"]), n)
         tier_id[b] = _TIER_ID[s["tier"]]
     return {
-        "tokens": torch.from_numpy(tokens),
-        "feats": torch.from_numpy(feats),
+        "tokens": torch.from_numpy(tokens).long(),
+        "feats": torch.from_numpy(feats).float(),
         "lengths": torch.from_numpy(lengths),
         "tier": [s["tier"] for s in samples],
         "tier_id": torch.from_numpy(tier_id),

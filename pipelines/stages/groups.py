@@ -110,10 +110,9 @@ def _write_one(g: dict[str, Any], root: str, ids: dict[str, str], run_id: str) -
     excerpts = list(g["excerpts"])
     keys = [str(e["key"]) for e in excerpts]
     failed: dict[str, tuple[str, str]] = {}  # key -> (stage, reason)
-    for stage, want, errors in (("prompts", g["want_prompts"], g["prompt_error"]),
-                                ("tokenize", g["want_tokens"], g["token_error"])):
-        if want:
-            failed.update({k: (stage, str(e)) for k, e in zip(keys, errors) if e and k not in failed})
+    for stage, kind, errors in (("prompts", "prompts", "prompt_error"), ("tokenize", "tokens", "token_error")):
+        if g[f"want_{kind}"]:
+            failed.update({k: (stage, str(e)) for k, e in zip(keys, g[errors]) if e and k not in failed})
     records = [json.dumps({"reject": RejectRow("excerpt", k, stage, reason, source=str(e["source"]),
                                                run_id=run_id).to_dict()})
                for e, k in zip(excerpts, keys) if k in failed for stage, reason in [failed[k]]]
