@@ -18,7 +18,8 @@ decode lands on some later step, so steady understates their cost. The "reader o
 one epoch read with no training, per step; 1 + reader/step is the ratio to expect when nothing
 overlaps. "reader ms/sample" is the reader alone on one core with no workers, collation included, over
 field-set shards as the pipeline writes them (B=24, T=516, K=4 prompts of 4 bands), through the
-per-shard index and, in the same run, by walking the tar headers (the path without an index, and the
+per-shard index and, in the same run, by walking the tar headers (CPU time of the process, best of 3
+epochs) (the path without an index, and the
 only path before the index existed; the last table before it measured 0.30-0.37 ms/sample). "wait-based" is 1 + (time blocked in the loader per step) / (in-memory step): the part of
 the measured ratio that reading explains. On a shared CPU the measured ratio also carries the
 step-to-step jitter of the machine (a few %); where it and the wait-based ratio disagree, the
@@ -126,11 +127,13 @@ def reader_ms_per_sample(root: Path, n_samples: int = 1536, batch: int = 24, rep
     cfg = ReaderConfig(batch_size=batch, drop_last=False)  # the trainer's shuffle buffer and interleave
 
     def epoch_ms() -> float:
+        # CPU time of this process (one torch thread, no workers): on a shared machine wall time mostly
+        # measures the other processes; the files are in the page cache after the first epoch.
         best = float("inf")
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             n = sum(len(b["keys"]) for b in ShardDataset(specs, cfg))
-            best = min(best, (time.perf_counter() - t0) * 1000 / n)
+            best = min(best, (time.process_time() - t0) * 1000 / n)
         assert n == n_samples
         return best
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.stages.prompts import PromptConfig, audio_batch, prompts_batch
-from pipelines.stages.shard import write_group_field
+from pipelines.stages.shard import remove_shard, write_group_field
 from pipelines.stages.tokenize import Tokenizer
 from tria.codec import CodecConfig
 from tria.rows import RejectRow, ShardGroupRow
@@ -127,13 +127,20 @@ def _write_one(g: dict[str, Any], root: str, ids: dict[str, str], run_id: str) -
     group = ShardGroupRow(split=str(g["split"]), tier=str(g["tier"]), idx=int(g["idx"]), n_samples=len(keep))
     if group.id != g["group_id"]:
         raise RuntimeError(f"group id mismatch for {group.split}/{group.tier}/{group.idx}")
-    for kind in ("tokens", "prompts"):
-        if not g[f"want_{kind}"]:
-            continue
-        samples = [_sample(kind, g, excerpts[i], i, ids) for i in keep]
-        row = write_group_field(root, kind, group, samples, ids, run_id)
-        records.append(json.dumps({"shard": row.to_dict(), "keys": [keys[i] for i in keep],
-                                   "group": group.to_dict()}))
+    done: list[str] = []
+    try:
+        for kind in ("tokens", "prompts"):
+            if not g[f"want_{kind}"]:
+                continue
+            samples = [_sample(kind, g, excerpts[i], i, ids) for i in keep]
+            row = write_group_field(root, kind, group, samples, ids, run_id)
+            done.append(row.path)
+            records.append(json.dumps({"shard": row.to_dict(), "keys": [keys[i] for i in keep],
+                                       "group": group.to_dict()}))
+    except Exception:
+        for path in done:  # the group's field sets are returned together or not at all
+            remove_shard(path)
+        raise
     return records
 
 

@@ -148,13 +148,29 @@ def write_shard(path: str, kind: str, samples: list[dict[str, Any]]) -> tuple[in
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
+        index.update(tar_bytes=hashing.n, sha256=hashing.sha.hexdigest())
+        fs.write_bytes(path + INDEX_SUFFIX, json.dumps(index, separators=(",", ":")).encode())
     except OSError as e:
         # A full disk (ENOSPC), a lost mount, a refused upload: name the shard in the error (the bare
-        # OSError says only "No space left on device"); the partial file is already gone.
+        # OSError says only "No space left on device"); no partial file stays under a final name.
+        for leftover in (path + INDEX_SUFFIX + ".tmp", path + INDEX_SUFFIX, path):
+            _remove_quietly(leftover)
         raise OSError(e.errno, f"cannot write shard {path} ({len(samples)} samples): {e.strerror or e}") from e
-    index.update(tar_bytes=hashing.n, sha256=hashing.sha.hexdigest())
-    fs.write_bytes(path + INDEX_SUFFIX, json.dumps(index, separators=(",", ":")).encode())
     return hashing.n, hashing.sha.hexdigest()
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        if fs.exists(path):
+            fs.remove(path)
+    except OSError:
+        pass
+
+
+def remove_shard(path: str) -> None:
+    """Delete a shard and its index (a worker undoing a group it could not finish)."""
+    for p in (path, path + INDEX_SUFFIX):
+        _remove_quietly(p)
 
 
 def write_group_field(root: str, kind: str, group: ShardGroupRow, samples: list[dict[str, Any]],
