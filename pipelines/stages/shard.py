@@ -149,7 +149,12 @@ def write_shard(path: str, kind: str, samples: list[dict[str, Any]]) -> tuple[in
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         index.update(tar_bytes=hashing.n, sha256=hashing.sha.hexdigest())
-        fs.write_bytes(path + INDEX_SUFFIX, json.dumps(index, separators=(",", ":")).encode())
+        blob = json.dumps(index, separators=(",", ":")).encode()
+        if fs.is_uri(path):  # one PUT is atomic on an object store (a rename there is a copy)
+            with fs.open_write(path + INDEX_SUFFIX) as out:
+                out.write(blob)
+        else:
+            fs.write_bytes(path + INDEX_SUFFIX, blob)
     except OSError as e:
         # A full disk (ENOSPC), a lost mount, a refused upload: name the shard in the error (the bare
         # OSError says only "No space left on device"); no partial file stays under a final name.
