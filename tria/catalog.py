@@ -150,7 +150,8 @@ class Catalogue:
         if not read_only:
             self._run((SQL_DIR / "schema.sql").read_text())
             self._run(
-                "INSERT INTO catalogue_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+                # schema.sql migrates older catalogues in place (ALTER ... IF NOT EXISTS), so the version follows
+                "INSERT INTO catalogue_meta VALUES ('schema_version', ?) ON CONFLICT DO UPDATE SET value = excluded.value",
                 [SCHEMA_VERSION],
             )
 
