@@ -289,19 +289,39 @@ def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, groups: l
     ds = ds.map_batches(write_group, fn_kwargs={"root": cfg.shard_uri, "ids": ids, "run_id": run_id}, batch_size=1)
     written: list[ShardRow] = []
     rejects: list[RejectRow] = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for record in batch["record"]:
-            r = json.loads(record)
-            if "shard" in r:  # one shard, one transaction: an interrupted run keeps what it registered
-                row = ShardRow.from_dict(r["shard"])
-                cat.register_shard(row, r["keys"], ShardGroupRow.from_dict(r["group"]))
-                written.append(row)
-            elif "reject" in r:
-                rejects.append(RejectRow.from_dict(r["reject"]))
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for record in batch["record"]:
+                r = json.loads(record)
+                if "shard" in r:  # one shard, one transaction: an interrupted run keeps what it registered
+                    row = ShardRow.from_dict(r["shard"])
+                    cat.register_shard(row, r["keys"], ShardGroupRow.from_dict(r["group"]))
+                    written.append(row)
+                elif "reject" in r:
+                    rejects.append(RejectRow.from_dict(r["reject"]))
+    except Exception as e:
+        cause = _write_error(e)
+        if cause is None:
+            raise
+        raise cause from e  # "cannot write shard PATH (...): No space left on device", not a Ray traceback
     cat.upsert(rejects)
     cat.finish_stage(run_id, "shard", n_in=sum(len(g["excerpts"]) for g in groups),
                      n_out=sum(r.n_samples for r in written), n_rejected=len(rejects))
     return written, rejects
+
+
+def _write_error(e: BaseException) -> OSError | None:
+    """The worker's "cannot write shard" OSError inside a Ray task error (full disk, refused upload)."""
+    todo, seen = [e], set()
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and "cannot write shard" in str(x):
+            return OSError(x.errno, x.strerror) if x.strerror else x
+        todo += [getattr(x, "cause", None), x.__cause__, x.__context__]
+    return None
 
 
 def _n_blocks(n_items: int, batch_size: int) -> int:
