@@ -39,7 +39,7 @@ from pipelines.rows import stable_id  # noqa: E402
 from pipelines.stages.excerpt import rms_db  # noqa: E402  (the filter stage's salience level)
 from pipelines.stages.shard import ShardConfig, ShardSink  # noqa: E402
 from tria.codec import Codec  # noqa: E402
-from tria.data import ReaderConfig, ShardDataset, ShardLoader, scan_shards  # noqa: E402
+from tria.data import ReaderConfig, ShardDataset, ShardLoader, ShardSpec  # noqa: E402
 from tria.features import RhythmFeatureConfig, align_features, rhythm_features  # noqa: E402
 from tria.transforms import AugmentConfig, augment_rhythm  # noqa: E402
 
@@ -57,11 +57,11 @@ SALIENCE_TRIES = 8
 # ----------------------------------------------------------------------------------------------
 
 
-def write_shards(root: Path, n_samples: int, per_shard: int, seed: int = 0) -> list[Path]:
-    """Shards in the pipeline's format with realistic member sizes; returns their paths."""
+def write_shards(root: Path, n_samples: int, per_shard: int, seed: int = 0) -> list[ShardSpec]:
+    """Shards in the pipeline's format (token and prompt field sets) with realistic member sizes."""
     rng = np.random.default_rng(seed)
     sink = ShardSink(root, ShardConfig(samples_per_shard=per_shard, flac_splits=()),
-                     register=lambda row, keys: None,
+                     register=lambda row, keys, group: None,
                      ids={"codec_id": "dac-random-full-s0", "features_id": "bench", "augment_id": "bench"})
     for i in range(n_samples):
         key = stable_id("bench", i)
@@ -71,7 +71,9 @@ def write_shards(root: Path, n_samples: int, per_shard: int, seed: int = 0) -> l
                 "loudness_db": -20.0, "sample_rate": SR}
         tokens = rng.integers(0, 1024, (9, T)).astype(np.int16)
         sink.add({"key": key, "tokens": tokens, "feats": feats, "meta": meta})
-    return [Path(r.path) for r in sink.close()]
+    rows = sink.close()
+    prompts = {r.group_id: r.path for r in rows if r.kind == "prompts"}
+    return [ShardSpec(r.path, r.n_samples, r.sha256, prompts=prompts[r.group_id]) for r in rows if r.kind == "tokens"]
 
 
 def shard_epoch(loader: ShardLoader, device: str) -> int:
@@ -175,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="tria-bench-feed-") as tmp:
         tmp = Path(tmp)
-        paths = write_shards(tmp / "shards", args.samples, args.per_shard)
+        specs = write_shards(tmp / "shards", args.samples, args.per_shard)
+        paths = [Path(p) for s in specs for p in (s.url, s.prompts)]
         files = write_wavs(tmp, args.files, args.file_seconds)
         mb = sum(p.stat().st_size for p in paths) / 1e6
         print(f"feed benchmark: B={B}, {args.samples} samples in {len(paths)} shards ({mb:.0f} MB) vs "
@@ -184,7 +187,6 @@ def main(argv: list[str] | None = None) -> None:
         print(C.hardware_line(args.device))
 
         # (a) shards: one untimed epoch fills the page cache (the trainer reads the same shards every epoch).
-        specs = scan_shards([str(p) for p in paths])
         loader = ShardLoader(ShardDataset(specs, ReaderConfig(batch_size=B, seed=0)))
         shard_t = C.measure(lambda: shard_epoch(loader, args.device), warmup=1, repeats=args.repeats,
                             device=args.device)

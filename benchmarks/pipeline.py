@@ -132,7 +132,7 @@ def rebatch(batches: list[dict[str, np.ndarray]], size: int) -> list[dict[str, n
 
 def shard_all(batches: list[dict[str, Any]], root: Path) -> int:
     """The driver's loop of ``make_shards``: one sample per excerpt into the sink; returns samples written."""
-    sink = ShardSink(root, ShardConfig(samples_per_shard=8), register=lambda row, keys: None,
+    sink = ShardSink(root, ShardConfig(samples_per_shard=8), register=lambda row, keys, group: None,
                      ids={"codec_id": "bench", "features_id": "bench", "augment_id": "bench"})
     for b in batches:
         for i in range(len(b["key"])):

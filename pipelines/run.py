@@ -1,4 +1,4 @@
-"""Pipeline job entrypoint: sources -> catalogue -> excerpts -> prompts+features -> tokens -> shards.
+"""Pipeline job entrypoint: sources -> catalogue -> excerpts -> shard groups -> token and prompt shards.
 
 Run it on a local or remote Ray cluster::
 
@@ -14,14 +14,22 @@ submit`` the job runs in an uploaded copy of the repo, so pass ``root=$PWD``; de
 or the current folder). Overrides use dotted keys, e.g. ``shard.samples_per_shard=64
 codec.size=tiny prompts.n_variants=2``.
 
+Tokenize once, featurise many: excerpts are partitioned once into shard groups, and each group is
+stored as separate field sets (``pipelines.stages.shard``): token shards per codec, prompt shards per
+(features, augmentation) config, the same keys in the same order. A run with a new feature or
+augmentation config on an existing dataset only writes prompt shards (it loads no codec); a new codec
+only writes token shards. ``shard_root`` is a local or shared path or any pyarrow filesystem URI
+(``s3://bucket/prefix``: endpoint, region and credentials from the environment, as pyarrow reads them).
+
 Idempotent and resumable: the driver is the single catalogue writer, every row is keyed by a stable
-id, and an excerpt is done only when it sits in a complete, registered shard with the same codec,
-feature and augmentation config ids. A re-run does only the missing work; a finished run does none.
+id, and a group's field set is done only when its complete shard is registered. Ray workers write the
+shards and return only rows. A re-run does only the missing work; a finished run does none.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import Counter
@@ -29,17 +37,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import tria  # noqa: F401  (torchaudio placeholder)
-from pipelines.catalogue import Catalogue
 from pipelines.resources import ActorPoolConfig, TaskConfig, plan_pool, prompts_on_codec_actors, task_args
-from pipelines.rows import RejectRow
 from pipelines.stages.excerpt import FilterConfig, filter_batch, rows_from_batch
-from pipelines.stages.prompts import PromptConfig, prompts_batch
-from pipelines.stages.shard import ShardConfig, ShardSink
-from pipelines.stages.tokenize import PromptsTokenizer, Tokenizer
+from pipelines.stages.groups import GroupPromptsTokenizer, GroupTokenizer, group_prompts, write_group
+from pipelines.stages.prompts import PromptConfig
+from pipelines.stages.shard import ShardConfig, remove_partial, remove_unregistered
+from tria import fs
+from tria.catalog import Catalogue
 from tria.codec import CodecConfig
+from tria.rows import RejectRow, ShardGroupRow, ShardRow, group_id
 from tria.config import ConfigError, apply_overrides, from_dict, load_yaml, resolve_path, to_dict
 
 
@@ -57,6 +64,7 @@ class RayConfig:
     # "codec_actors" or "cpu_tasks" to choose.
     prompts_on: str = "auto"
     prompts: TaskConfig = field(default_factory=TaskConfig)  # each CPU prompts task (custom resources)
+    shard_write: TaskConfig = field(default_factory=TaskConfig)  # each shard-writing task (custom resources)
     prompt_batch_size: int = 4
     tokenize_batch_size: int = 8
     filter_batch_size: int = 4
@@ -86,6 +94,11 @@ class PipelineConfig:
 
     def path(self, p: str) -> Path:
         return resolve_path(self.root, p)
+
+    @property
+    def shard_uri(self) -> str:
+        """``shard_root`` as a URI (kept as given) or an absolute local path."""
+        return self.shard_root if fs.is_uri(self.shard_root) else str(self.path(self.shard_root))
 
     @property
     def source_names(self) -> list[str]:
@@ -184,52 +197,136 @@ def config_ids(cfg: PipelineConfig) -> dict[str, str]:
             "augment_id": f"aug-{cfg.prompts.augment.config_id}-k{cfg.prompts.n_variants}-s{cfg.prompts.seed}"}
 
 
-def pending_excerpts(cfg: PipelineConfig, cat: Catalogue, ids: dict[str, str]) -> list[dict[str, Any]]:
-    """Excerpts of the selected stems that no complete shard with these config ids holds yet."""
+_EXCERPT_SQL = """
+    SELECT e.excerpt_id AS key, e.source, e.track, e.stem, s.path, s.split, s.tier, e.offset_s, e.duration_s,
+           e.loudness_db"""
+
+
+def plan_groups(cfg: PipelineConfig, cat: Catalogue, ids: dict[str, str]) -> list[dict[str, Any]]:
+    """The shard groups this run writes, each with the field sets it lacks and its excerpts in order.
+
+    First the existing groups (of the selected splits and sources) that lack this codec's tokens or this
+    (features, augmentation) config's prompts; then new groups of the excerpts that no group holds yet:
+    per (split, tier), sorted by key, ``samples_per_shard`` at a time, numbered after the existing ones.
+    """
     names = cfg.source_names
-    sql = """
-        SELECT e.excerpt_id AS key, e.source, e.track, e.stem, e.offset_s, e.duration_s, e.loudness_db,
-               s.path, s.split, s.tier
+    existing = cat.execute("""
+        SELECT g.group_id, g.split, g.tier, g.idx,
+               NOT EXISTS (SELECT 1 FROM shards sh WHERE sh.group_id = g.group_id AND sh.status = 'ok'
+                           AND sh.kind = 'tokens' AND sh.codec_id = ?) AS want_tokens,
+               NOT EXISTS (SELECT 1 FROM shards sh WHERE sh.group_id = g.group_id AND sh.status = 'ok'
+                           AND sh.kind = 'prompts' AND sh.features_id = ? AND sh.augment_id = ?) AS want_prompts
+        FROM shard_groups g
+        WHERE list_contains(?, g.split) AND (? OR EXISTS (
+            SELECT 1 FROM group_excerpts ge JOIN excerpts e ON e.excerpt_id = ge.excerpt_id
+            WHERE ge.group_id = g.group_id AND list_contains(?, e.source)))
+        ORDER BY g.split, g.tier, g.idx""",
+        [ids["codec_id"], ids["features_id"], ids["augment_id"], list(cfg.splits), not names, names or [""]]).dicts()
+    groups = [g for g in existing if g["want_tokens"] or g["want_prompts"]]
+    if groups:
+        members = cat.execute(_EXCERPT_SQL + """, ge.group_id
+            FROM group_excerpts ge JOIN excerpts e ON e.excerpt_id = ge.excerpt_id JOIN stems s ON s.stem_id = e.stem_id
+            WHERE list_contains(?, ge.group_id) ORDER BY ge.group_id, ge.pos""",
+            [[g["group_id"] for g in groups]]).dicts()
+        by_group: dict[str, list[dict[str, Any]]] = {}
+        for m in members:
+            by_group.setdefault(m.pop("group_id"), []).append(m)
+        for g in groups:
+            g["excerpts"] = by_group.get(g["group_id"], [])
+    fresh = cat.execute(_EXCERPT_SQL + """
         FROM excerpts e JOIN stems s ON s.stem_id = e.stem_id
         WHERE list_contains(?, s.split) AND (? OR list_contains(?, s.source))
-          AND NOT EXISTS (
-            SELECT 1 FROM shard_excerpts se JOIN shards sh ON sh.shard_id = se.shard_id
-            WHERE se.excerpt_id = e.excerpt_id AND sh.status = 'ok' AND sh.codec_id = ?
-              AND sh.features_id = ? AND sh.augment_id = ?)
-        ORDER BY e.excerpt_id"""
-    return cat.execute(sql, [list(cfg.splits), not names, names or [""], ids["codec_id"], ids["features_id"],
-                             ids["augment_id"]]).dicts()
+          AND NOT EXISTS (SELECT 1 FROM group_excerpts ge WHERE ge.excerpt_id = e.excerpt_id)
+        ORDER BY s.split, s.tier, e.excerpt_id""", [list(cfg.splits), not names, names or [""]]).dicts()
+    used = {(r[0], r[1]): r[2] for r in cat.execute(
+        "SELECT split, tier, max(idx) FROM shard_groups GROUP BY split, tier").rows}
+    by_slice: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for e in fresh:
+        by_slice.setdefault((e["split"], e["tier"]), []).append(e)
+    n = cfg.shard.samples_per_shard
+    for (split, tier), excerpts in sorted(by_slice.items()):
+        first = used.get((split, tier), -1) + 1
+        for j, a in enumerate(range(0, len(excerpts), n)):
+            groups.append({"group_id": group_id(split, tier, first + j), "split": split, "tier": tier,
+                           "idx": first + j, "want_tokens": True, "want_prompts": True,
+                           "excerpts": excerpts[a:a + n]})
+    return groups
 
 
-def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, todo: list[dict[str, Any]],
-                ids: dict[str, str]) -> tuple[list, list[RejectRow]]:
-    sink = ShardSink(cfg.path(cfg.shard_root), cfg.shard, register=cat.register_shard, ids=ids, run_id=run_id)
-    if sink.remove_partial():
+def drop_legacy_shards(cfg: PipelineConfig, cat: Catalogue) -> int:
+    """Forget schema-1 shards (tokens and features in one tar); their files go with the orphans.
+
+    Their excerpts then belong to no group, so this run rebuilds them as field sets: an old-layout data
+    set (e.g. the demo's, from before field sets) is converted by the next run with no manual step.
+    """
+    ids = [r[0] for r in cat.execute("SELECT shard_id FROM shards WHERE coalesce(kind, '') = ''").rows]
+    if ids:
+        with cat.transaction():
+            cat.execute("DELETE FROM shard_excerpts WHERE list_contains(?, shard_id)", [ids])
+            cat.execute("DELETE FROM shards WHERE list_contains(?, shard_id)", [ids])
+        print(f"[shard] {len(ids)} shard(s) of the old layout (tokens and features in one tar): rebuilding "
+              "them as token and prompt field sets", flush=True)
+    return len(ids)
+
+
+def clean_shard_root(cfg: PipelineConfig, cat: Catalogue) -> None:
+    """Remove partial files and shards no catalogue row records (a run killed mid-write or mid-register)."""
+    root = cfg.shard_uri
+    if remove_partial(root):
         print("[shard] removed partial shards left by an interrupted run", flush=True)
-    orphans = sink.remove_unregistered({r[0] for r in cat.execute("SELECT path FROM shards").rows})
+    orphans = remove_unregistered(root, {r[0] for r in cat.execute("SELECT path FROM shards").rows})
     if orphans:
         print(f"[shard] removed {orphans} shard file(s) written but never registered (run killed in between)",
               flush=True)
+
+
+def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, groups: list[dict[str, Any]],
+                ids: dict[str, str]) -> tuple[list[ShardRow], list[RejectRow]]:
+    """One Ray block per shard group: prompts (tasks) -> tokens (codec actors) -> write (workers).
+
+    The driver receives only records (shard rows with their keys, rejects) and registers them: it is the
+    single catalogue writer and never holds sample payloads. Stages a run does not need are left out, so
+    a run that only adds prompts loads no codec.
+    """
     cat.start_stage(run_id, "shard")
-    ds = encoded_excerpts(cfg, ray, todo)
+    ds = ray.data.from_items(groups, override_num_blocks=max(1, len(groups)))
+    want_prompts = any(g["want_prompts"] for g in groups)
+    want_tokens = any(g["want_tokens"] for g in groups)
+    on_actors = False
+    if want_tokens:
+        plan = plan_pool("tokenize", tokenize_pool(cfg.ray), ray.cluster_resources(), device=cfg.codec.device)
+        on_actors = want_prompts and prompts_on_codec_actors(cfg.ray.prompts_on, plan)
+        print(f"{plan.describe()}; prompts on {'the codec actors' if on_actors else 'CPU tasks'}", flush=True)
+    if want_prompts and not on_actors:
+        ds = ds.map_batches(group_prompts, fn_kwargs={"config": cfg.prompts, "chunk": cfg.ray.prompt_batch_size},
+                            batch_size=1, memory=cfg.ray.prompt_task_memory_mb * 2**20, **task_args(cfg.ray.prompts))
+    if want_tokens:
+        args = (cfg.codec, cfg.shard.flac_splits, cfg.prompts.duration_s, cfg.ray.tokenize_batch_size)
+        ds = ds.map_batches(GroupPromptsTokenizer if on_actors else GroupTokenizer,
+                            fn_constructor_args=args + ((cfg.prompts,) if on_actors else ()),
+                            batch_size=1, **plan.map_batches_args())
+    ds = ds.map_batches(write_group, fn_kwargs={"root": cfg.shard_uri, "ids": ids, "run_id": run_id}, batch_size=1,
+                        **task_args(cfg.ray.shard_write))
+    written: list[ShardRow] = []
     rejects: list[RejectRow] = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for i in range(len(batch["key"])):
-            if not batch["ok"][i]:
-                rejects.append(RejectRow("excerpt", str(batch["key"][i]), "prompts", str(batch["error"][i]),
-                                         source=str(batch["source"][i]), run_id=run_id))
-                continue
-            meta = {k: _plain(batch[k][i]) for k in ("key", "source", "track", "stem", "split", "tier",
-                                                     "offset_s", "duration_s", "loudness_db")}
-            meta.update(n_frames=int(batch["n_frames"][i]), sample_rate=44_100, **ids)
-            if str(batch["codec_id"][i]) != ids["codec_id"]:
-                raise RuntimeError(f"codec id mismatch: actor has {batch['codec_id'][i]}, expected {ids['codec_id']}")
-            sink.add({"key": meta["key"], "tokens": batch["tokens"][i], "feats": batch["feats"][i], "meta": meta,
-                      "flac": batch["flac"][i] or None})
-    written = sink.close()
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for record in batch["record"]:
+                r = json.loads(record)
+                if "shard" in r:  # one shard, one transaction: an interrupted run keeps what it registered
+                    row = ShardRow.from_dict(r["shard"])
+                    cat.register_shard(row, r["keys"], ShardGroupRow.from_dict(r["group"]))
+                    written.append(row)
+                elif "reject" in r:
+                    rejects.append(RejectRow.from_dict(r["reject"]))
+    except Exception as e:
+        cause = _write_error(e)
+        if cause is None:
+            raise
+        raise cause from e  # "cannot write shard PATH (...): No space left on device", not a Ray traceback
     cat.upsert(rejects)
-    cat.finish_stage(run_id, "shard", n_in=len(todo), n_out=sum(r.n_samples for r in written),
-                     n_rejected=len(rejects))
+    cat.finish_stage(run_id, "shard", n_in=sum(len(g["excerpts"]) for g in groups),
+                     n_out=sum(r.n_samples for r in written), n_rejected=len(rejects))
     return written, rejects
 
 
@@ -240,31 +337,24 @@ def tokenize_pool(cfg: RayConfig) -> ActorPoolConfig:
     return replace(cfg.tokenize, min_actors=cfg.tokenize_actors, max_actors=cfg.tokenize_actors)
 
 
-def encoded_excerpts(cfg: PipelineConfig, ray, todo: list[dict[str, Any]]):
-    """The dataset of prompts + tokens of ``todo``: prompts on the codec actors (their device) or as CPU
-    tasks before them, as :func:`pipelines.resources.prompts_on_codec_actors` decides for this cluster."""
-    plan = plan_pool("tokenize", tokenize_pool(cfg.ray), ray.cluster_resources(), device=cfg.codec.device)
-    on_actors = prompts_on_codec_actors(cfg.ray.prompts_on, plan)
-    print(f"{plan.describe()}; prompts on {'the codec actors' if on_actors else 'CPU tasks'}", flush=True)
-    if on_actors:
-        ds = ray.data.from_items(todo, override_num_blocks=_n_blocks(len(todo), cfg.ray.tokenize_batch_size))
-        return ds.map_batches(PromptsTokenizer, fn_constructor_args=(cfg.codec, cfg.prompts, cfg.shard.flac_splits),
-                              batch_size=cfg.ray.tokenize_batch_size, **plan.map_batches_args())
-    ds = ray.data.from_items(todo, override_num_blocks=_n_blocks(len(todo), cfg.ray.prompt_batch_size))
-    ds = ds.map_batches(prompts_batch, fn_kwargs={"config": cfg.prompts}, batch_size=cfg.ray.prompt_batch_size,
-                        memory=cfg.ray.prompt_task_memory_mb * 2**20, **task_args(cfg.ray.prompts))
-    return ds.map_batches(Tokenizer, fn_constructor_args=(cfg.codec, cfg.shard.flac_splits),
-                          batch_size=cfg.ray.tokenize_batch_size, **plan.map_batches_args())
+def _write_error(e: BaseException) -> OSError | None:
+    """The worker's "cannot write shard" OSError inside a Ray task error (full disk, refused upload)."""
+    todo, seen = [e], set()
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and "cannot write shard" in str(x):
+            return OSError(x.errno, x.strerror) if x.strerror else x
+        todo += [getattr(x, "cause", None), x.__cause__, x.__context__]
+    return None
 
 
 def _n_blocks(n_items: int, batch_size: int) -> int:
     """One input block per batch (capped): Ray Data runs a block per task and streams whole blocks, so a
     single block would serialise the stage on one CPU and deliver every result at the very end."""
     return max(1, min(1000, -(-n_items // batch_size)))
-
-
-def _plain(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,23 +376,29 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
 
         ids = config_ids(cfg)
         ray = _ray(cfg)  # started lazily, only when there is work
-        written: list = []
+        written: list[ShardRow] = []
+        groups: list[dict[str, Any]] = []
         t0 = time.perf_counter()
         if separate_mixes(cfg, cat, run_id, ray):
             timings["separate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         filter_stems(cfg, cat, run_id, ray)
         timings["filter"] = time.perf_counter() - t0
-        todo = pending_excerpts(cfg, cat, ids)
-        if todo:
-            print(f"[shard] {len(todo)} excerpts to augment, featurise, tokenize and shard", flush=True)
+        drop_legacy_shards(cfg, cat)
+        clean_shard_root(cfg, cat)
+        groups = plan_groups(cfg, cat, ids)
+        if groups:
+            n_tok = sum(len(g["excerpts"]) for g in groups if g["want_tokens"])
+            n_feat = sum(len(g["excerpts"]) for g in groups if g["want_prompts"])
+            print(f"[shard] {len(groups)} shard groups: {n_tok} excerpts to encode, {n_feat} to featurise",
+                  flush=True)
             t0 = time.perf_counter()
-            written, _ = make_shards(cfg, cat, run_id, ray, todo, ids)
-            timings["prompts+tokenize+shard"] = time.perf_counter() - t0
+            written, _ = make_shards(cfg, cat, run_id, ray, groups, ids)
+            timings["shards"] = time.perf_counter() - t0
         else:
-            print("[shard] nothing to do: every excerpt is already in a complete shard", flush=True)
+            print("[shard] nothing to do: every group has this codec's tokens and this config's prompts", flush=True)
         cat.finish_run(run_id)
-        return summarize(cfg, cat, ids, written, todo, timings, time.perf_counter() - t_start)
+        return summarize(cfg, cat, ids, written, groups, timings, time.perf_counter() - t_start)
     finally:
         cat.close()
 
@@ -328,8 +424,8 @@ def _ray(cfg: PipelineConfig) -> Any:
     return _LazyRay(cfg.ray.address)
 
 
-def summarize(cfg: PipelineConfig, cat: Catalogue, ids: dict[str, str], written: list, todo: list,
-              timings: dict[str, float], total_s: float) -> dict[str, Any]:
+def summarize(cfg: PipelineConfig, cat: Catalogue, ids: dict[str, str], written: list[ShardRow],
+              groups: list[dict[str, Any]], timings: dict[str, float], total_s: float) -> dict[str, Any]:
     names = cfg.source_names
     where = "WHERE list_contains(?, source)" if names else "WHERE ? IS NULL"
     param = [names] if names else [None]
@@ -337,26 +433,37 @@ def summarize(cfg: PipelineConfig, cat: Catalogue, ids: dict[str, str], written:
                            param).rows[0][0]
     excerpts = cat.execute(f"SELECT count(*) FROM excerpts {where}", param).rows[0][0]
     rejects = Counter(dict(cat.execute(f"SELECT reason, count(*) FROM rejects {where} GROUP BY reason", param).rows))
-    shards = cat.execute("SELECT count(*), coalesce(sum(n_samples), 0), coalesce(sum(n_bytes), 0) FROM shards "
-                         "WHERE status = 'ok' AND codec_id = ? AND features_id = ? AND augment_id = ?",
-                         [ids["codec_id"], ids["features_id"], ids["augment_id"]]).rows[0]
-    audio_s = sum(float(t["duration_s"]) for t in todo)
+    this = ("status = 'ok' AND ((kind = 'tokens' AND codec_id = ?) OR "
+            "(kind = 'prompts' AND features_id = ? AND augment_id = ?))")
+    params = [ids["codec_id"], ids["features_id"], ids["augment_id"]]
+    shards = cat.execute(f"SELECT count(*), coalesce(sum(n_bytes), 0) FROM shards WHERE {this}", params).rows[0]
+    complete = cat.execute(f"""
+        SELECT count(*), coalesce(sum(n_samples), 0) FROM (
+            SELECT group_id, min(n_samples) AS n_samples FROM shards WHERE {this}
+            GROUP BY group_id HAVING count(DISTINCT kind) = 2)""", params).rows[0]
+    encoded = sum(r.n_samples for r in written if r.kind == "tokens")
+    featurised = sum(r.n_samples for r in written if r.kind == "prompts")
+    audio_s = sum(float(e["duration_s"]) for g in groups for e in g["excerpts"])
     lines = [
         "=" * 72,
         f"pipeline {cfg.name}: done in {total_s:.1f} s",
         f"  drums in catalogue : {hours_in:.3f} h ({', '.join(names) or 'all sources'})",
         f"  excerpts kept      : {excerpts}",
         f"  rejects            : {sum(rejects.values())}" + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(rejects.items()))})" if rejects else ""),
-        f"  shards (this config): {shards[0]} holding {shards[1]} samples, {shards[2] / 1e6:.1f} MB under {cfg.path(cfg.shard_root)}",
+        f"  shards (this config): {complete[0]} groups with tokens + prompts holding {complete[1]} samples; "
+        f"{shards[0]} shards, {shards[1] / 1e6:.1f} MB under {cfg.shard_uri}",
         f"  written this run   : {len(written)} shards, {sum(r.n_samples for r in written)} samples",
+        f"  encoded (codec)    : {encoded} excerpts ({ids['codec_id']})",
+        f"  featurised         : {featurised} excerpts ({ids['features_id']}, {ids['augment_id']})",
     ]
     for stage, secs in timings.items():
-        rate = f", {audio_s / secs:.1f} s audio/s" if stage.startswith("prompts") and secs > 0 and audio_s else ""
+        rate = f", {audio_s / secs:.1f} s audio/s" if stage == "shards" and secs > 0 and audio_s else ""
         lines.append(f"  {stage:<19}: {secs:.1f} s{rate}")
     lines += [f"  catalogue          : {cat.path}", "=" * 72]
     print("\n".join(lines), flush=True)
     return {"hours_in": hours_in, "excerpts": excerpts, "rejects": dict(rejects), "shards": shards[0],
-            "samples": shards[1], "written": len(written), "timings": timings}
+            "groups": complete[0], "samples": complete[1], "written": len(written), "encoded": encoded,
+            "featurised": featurised, "timings": timings}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Re-check every registered shard against its catalogue checksum; mark the damaged ones bad.
+"""Re-check every registered shard (token and prompt field sets) against its catalogue checksum; mark
+the damaged ones bad.
 
     python -m pipelines.verify --catalogue data/catalogue.duckdb [--workers 4] [--dry-run]
 
@@ -24,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from pipelines import fs
-from pipelines.catalogue import Catalogue, QueryResult
+from tria import fs
+from tria.catalog import Catalogue, QueryResult
 
 __all__ = ["ShardCheck", "check_shard", "verify_catalogue", "main"]
 
@@ -42,6 +43,7 @@ class ShardCheck:
     split: str
     tier: str
     n_samples: int
+    kind: str = ""
     problem: str = ""
     detail: str = ""
 
@@ -56,7 +58,8 @@ def _sha256(path: str) -> str:
 
 def check_shard(row: dict) -> ShardCheck:
     """Hash one shard and compare it with its catalogue row (path, n_bytes, sha256, ...)."""
-    base = dict(path=row["path"], split=row["split"], tier=row["tier"], n_samples=int(row["n_samples"]))
+    base = dict(path=row["path"], split=row["split"], tier=row["tier"], n_samples=int(row["n_samples"]),
+                kind=row.get("kind") or "")
     try:
         if not fs.exists(row["path"]):
             return ShardCheck(**base, problem="missing", detail="the file does not exist")
@@ -88,7 +91,7 @@ def verify_catalogue(path: str | Path, workers: int = 4, dry_run: bool = False) 
     # Read first, then hash without holding the catalogue: a long verification must not block the
     # pipeline (DuckDB has one writer); the write lock is taken only to record the damaged shards.
     with Catalogue(path, read_only=True) as cat:
-        rows = cat.execute("SELECT path, split, tier, n_samples, n_bytes, sha256 FROM shards WHERE status = 'ok' "
+        rows = cat.execute("SELECT path, split, tier, kind, n_samples, n_bytes, sha256 FROM shards WHERE status = 'ok' "
                            "ORDER BY path").dicts()
         already_bad = int(cat.execute("SELECT count(*) FROM shards WHERE status = 'bad'").rows[0][0])
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # hashlib releases the GIL
@@ -102,15 +105,16 @@ def verify_catalogue(path: str | Path, workers: int = 4, dry_run: bool = False) 
 
 
 def summary_table(checks: Sequence[ShardCheck]) -> QueryResult:
-    """Per (split, tier): shards checked, intact, damaged, and the samples the damaged ones held."""
-    groups: dict[tuple[str, str], list[int]] = {}
+    """Per (split, tier, kind): shards checked, intact, damaged, and the samples the damaged ones held."""
+    groups: dict[tuple[str, str, str], list[int]] = {}
     for c in checks:
-        g = groups.setdefault((c.split, c.tier), [0, 0, 0, 0])
+        g = groups.setdefault((c.split, c.tier, c.kind), [0, 0, 0, 0])
         g[0] += 1
         g[1 if not c.problem else 2] += 1
         g[3] += c.n_samples if c.problem else 0
-    rows = tuple((split, tier, *counts) for (split, tier), counts in sorted(groups.items()))
-    return QueryResult(columns=("split", "tier", "shards", "intact", "damaged", "samples_in_damaged"), rows=rows)
+    rows = tuple((*key, *counts) for key, counts in sorted(groups.items()))
+    return QueryResult(columns=("split", "tier", "kind", "shards", "intact", "damaged", "samples_in_damaged"),
+                       rows=rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -98,7 +98,28 @@ CREATE TABLE IF NOT EXISTS rejects (
     created_at      TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
 
--- A complete WebDataset shard (SHARDS.md), registered after its atomic rename.
+-- A fixed partition of excerpts into shard groups, recorded once (when the group's first shard is
+-- registered). Every field set of a group (token shards per codec, prompt shards per features and
+-- augmentation config) holds the group's keys in the group's order (pos), so a reader zips them.
+CREATE TABLE IF NOT EXISTS shard_groups (
+    group_id        VARCHAR PRIMARY KEY,       -- sha1(split|tier|idx)
+    split           VARCHAR NOT NULL,
+    tier            VARCHAR NOT NULL,
+    idx             BIGINT NOT NULL,           -- shard-<idx>.tar in every field set's folder
+    n_samples       BIGINT NOT NULL,
+    created_at      TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS group_excerpts (
+    group_id        VARCHAR NOT NULL,
+    excerpt_id      VARCHAR NOT NULL,
+    pos             BIGINT NOT NULL,           -- order inside every shard of the group
+    PRIMARY KEY (group_id, excerpt_id)
+);
+
+-- A complete WebDataset shard (SHARDS.md), registered after its atomic rename: the tokens of a group
+-- for one codec (kind 'tokens', codec_id set) or its rhythm prompts for one features and augmentation
+-- config (kind 'prompts', features_id and augment_id set).
 CREATE TABLE IF NOT EXISTS shards (
     shard_id        VARCHAR PRIMARY KEY,       -- sha1(path)
     path            VARCHAR NOT NULL,
@@ -112,8 +133,14 @@ CREATE TABLE IF NOT EXISTS shards (
     augment_id      VARCHAR,
     status          VARCHAR NOT NULL,          -- ok | bad
     run_id          VARCHAR,
-    created_at      TIMESTAMP NOT NULL DEFAULT current_timestamp
+    created_at      TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    kind            VARCHAR DEFAULT '',        -- tokens | prompts ('' = a schema-1 shard holding both)
+    group_id        VARCHAR DEFAULT ''
 );
+-- Catalogues written by schema 1 (one shard held tokens and features together) get the new columns;
+-- the pipeline rebuilds their shards as field sets (pipelines.run.drop_legacy_shards).
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT '';
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS group_id VARCHAR DEFAULT '';
 
 CREATE TABLE IF NOT EXISTS shard_excerpts (
     shard_id        VARCHAR NOT NULL,

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.catalogue import Catalogue
-from pipelines.rows import ExcerptRow, StemRow
 from pipelines.stages.shard import ShardConfig, ShardSink
+from tria.catalog import Catalogue
 from tria.codec import CodecConfig
 from tria.features import RhythmFeatureConfig
+from tria.rows import ExcerptRow, StemRow
 
 CODEC = CodecConfig(size="tiny")
 FEATURES = RhythmFeatureConfig.release()

@@ -1,9 +1,18 @@
 """Streaming reader of TRIA WebDataset shards: elastic, deterministic, resumable.
 
-The shard format is the contract in the pipeline's shard writer: one sample per drum excerpt,
-members ``<key>.tokens.npy`` (int16, (K, T)), ``<key>.feats.npy`` (float16, (V, n_bands, T), V augmented
-rhythm prompts already aligned to the T token frames), ``<key>.json`` (metadata with ``tier`` and
-``n_frames``) and an optional ``<key>.flac`` that the trainer never reads.
+The shard format is the contract in the pipeline's shard writer (``pipelines.stages.shard``): one sample
+per drum excerpt, stored as two field sets of one shard group with the same keys in the same order: a
+token tar (``<key>.tokens.npy`` int16 (K, T), ``<key>.json`` metadata with ``tier`` and ``n_frames``, an
+optional ``<key>.flac`` that the trainer never reads) and a prompt tar (``<key>.feats.npy`` float16
+(V, n_bands, T): V augmented rhythm prompts aligned to the T token frames). A :class:`ShardSpec` names the
+token tar (``url``) and the prompt tar (``prompts``); the reader zips them sample by sample and refuses a
+pair whose keys differ. A spec without ``prompts`` reads both fields from one tar.
+
+Beside each tar the pipeline writes ``<tar>.idx`` (JSON: keys, ``n_frames``, tiers, and each array's
+byte offset, dtype and shape, plus the tar's size and sha256). With it a sample costs two positioned reads
+(the tokens, and only the feature variant used) and two ``np.frombuffer``; no tar or ``.npy`` header is
+parsed. An index that is missing, or does not match the file's size or the catalogue's sha256, is
+ignored and the reader walks the tar headers instead (same samples, about 10x the CPU).
 
 How the order is defined (the part that makes it elastic)
 ---------------------------------------------------------
@@ -66,10 +75,11 @@ whatever the number of shards. The epoch plan holds one small record per segment
 except the permutation of the current window. A DataLoader adds ``prefetch_factor * W`` batches (in
 shared memory, ``/dev/shm``; see :class:`ShardLoader` for the default).
 
-Cost of elasticity: every worker of a rank walks the tar headers of that rank's part of each window
-(samples of other workers are skipped, not decoded, and not even read when the file is seekable), so a
-rank parses about ``W`` times the headers it needs. On one CPU core this reader decodes a few thousand
-small samples per second, far above what one GPU step consumes.
+Cost of elasticity: without an index, every worker of a rank walks the tar headers of that rank's part of
+each window (samples of other workers are skipped, not decoded, and not even read when the file is
+seekable), so a rank parses about ``W`` times the headers it needs; with the index a worker reads only
+its own samples. Collation copies each sample into preallocated arrays in its stored dtypes and converts
+once per batch (``benchmarks.stall`` prints the reader's ms/sample).
 
 Why the stdlib ``tarfile`` and not ``webdataset``: the reader must decide, per sample index, whether to
 decode a sample (most samples of a window belong to other consumers) and must continue a shard across
@@ -103,6 +113,7 @@ logger = logging.getLogger(__name__)
 
 TIERS: tuple[str, ...] = ("isolated", "separated", "synthetic")
 """Quality tiers; ``tier_id`` in a batch is the index in this tuple."""
+_TIER_ID = {t: i for i, t in enumerate(TIERS)}
 
 _STATE_VERSION = 1
 _NEEDED_MEMBERS = ("tokens.npy", "feats.npy", "json")
@@ -123,6 +134,9 @@ class ShardSpec:
         sha256: Hex digest of the whole file; checked only when ``ReaderConfig.verify_checksums``.
         stream: Name of the stream (source) the shard belongs to, for weighted mixing.
         weight: Mixing weight of that stream; every shard of a stream must carry the same weight.
+        prompts: The prompt shard of the same group (same keys, same order) that gives the features;
+            None when ``url`` holds the features too.
+        prompts_sha256: Hex digest of the prompt shard.
     """
 
     url: str
@@ -130,6 +144,8 @@ class ShardSpec:
     sha256: str | None = None
     stream: str = "default"
     weight: float | None = None
+    prompts: str | None = None
+    prompts_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url:
@@ -152,6 +168,8 @@ class ShardSpec:
             sha256=d.get("sha256"),
             stream=str(d.get("stream", "default")),
             weight=None if weight is None else float(weight),
+            prompts=d.get("prompts"),
+            prompts_sha256=d.get("prompts_sha256"),
         )
 
 
@@ -304,7 +322,7 @@ class _EpochPlan:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Reading: a forward cursor over one shard's tar members.
+# Reading: one shard's samples, in increasing index order, through its index or by walking tar headers.
 
 
 def open_binary(url: str) -> BinaryIO:
@@ -336,12 +354,12 @@ def _split_name(name: str) -> tuple[str, str]:
     return key, suffix
 
 
-class _ShardCursor:
-    """Reads chosen samples of one shard, in increasing index order, decoding nothing else."""
+class _HeaderWalk:
+    """Reads chosen samples of a tar by walking its headers, decoding nothing else (no index needed)."""
 
-    def __init__(self, spec: ShardSpec) -> None:
-        self.spec = spec
-        self._file = open_binary(spec.url)
+    def __init__(self, url: str, suffixes: tuple[str, ...]) -> None:
+        self.url, self.suffixes = url, suffixes
+        self._file = open_binary(url)
         seekable = bool(getattr(self._file, "seekable", lambda: False)())
         # "r:" lets tarfile seek past unwanted members; "r|" reads through them on plain streams.
         self._tar = tarfile.open(fileobj=self._file, mode="r:" if seekable else "r|")
@@ -361,29 +379,30 @@ class _ShardCursor:
                     yield index, key, parts
                 index, key = index + 1, k
                 parts = {} if index == self._target else None
-            member = self._tar.extractfile(info) if parts is not None and suffix in _NEEDED_MEMBERS else None
+            member = self._tar.extractfile(info) if parts is not None and suffix in self.suffixes else None
             if parts is not None and member is not None:
                 parts[suffix] = member.read()
         if parts is not None:
             yield index, key, parts
         self.n_seen = index + 1
 
-    def get(self, index: int) -> tuple[str, dict[str, bytes]]:
-        """Returns (key, raw members) of sample ``index``; raises ShardError when unreadable."""
-        if index <= self._target:
-            raise ValueError(f"cursor on {self.spec.url} moves forward only ({index} <= {self._target})")
+    def get(self, index: int) -> tuple[str, dict[str, Any]]:
+        """(key, members) of sample ``index``: arrays decoded from ``.npy``, ``json`` parsed."""
         self._target = index
-        try:
-            found, key, parts = next(self._walk)
-        except StopIteration:
-            raise ShardError(
-                f"ends after {getattr(self, 'n_seen', '?')} samples, sample {index} "
-                f"requested ({self.spec.n_samples} declared): truncated?"
-            ) from None
-        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-            raise ShardError(f"{type(e).__name__}: {e}") from e
+        found, key, raw = next(self._walk)
         if found != index:
             raise ShardError(f"sample {index} expected, found {found}")
+        parts: dict[str, Any] = {}
+        try:
+            for suffix, data in raw.items():
+                if suffix.endswith(".npy"):
+                    parts[suffix] = np.load(io.BytesIO(data), allow_pickle=False)
+                elif suffix == "json":
+                    meta = json.loads(data.decode("utf-8"))
+                    parts.update(n_frames=meta.get("n_frames"), tier=meta.get("tier"))
+        except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:
+            raise ShardError(f"sample {key!r} does not decode: {type(e).__name__}: {e}") from e
+        parts["json"] = "json" in raw
         return key, parts
 
     def close(self) -> None:
@@ -391,33 +410,184 @@ class _ShardCursor:
         self._file.close()
 
 
-def _decode(key: str, parts: Mapping[str, bytes], seed: int, epoch: int) -> dict[str, Any]:
-    """Raw members -> sample dict; picks one feature variant from (seed, epoch, key)."""
-    missing = [m for m in _NEEDED_MEMBERS if m not in parts]
-    if missing:
-        raise ShardError(f"sample {key!r} lacks members {missing}")
+class _Indexed:
+    """Reads chosen samples of a tar through the index the pipeline writes beside it (``<tar>.idx``).
+
+    The index gives each sample's key, ``n_frames`` and tier, and each array's byte offset, dtype and shape,
+    so a sample costs one positioned read per array (of only the feature variant used) and a
+    ``np.frombuffer``: no tar header or ``.npy`` header is parsed.
+    """
+
+    def __init__(self, url: str, index: dict[str, Any], suffixes: tuple[str, ...]) -> None:
+        self.url, self.keys = url, index["keys"]
+        self.arrays = {s: index["arrays"][s] for s in suffixes if s.endswith(".npy") and s in index["arrays"]}
+        self.meta = index.get("meta", {})
+        self._fd, self._file = _open_random(url)
+
+    def get(self, index: int) -> tuple[str, dict[str, Any]]:
+        parts: dict[str, Any] = {s: entries[index] for s, entries in self.arrays.items()}  # (offset, dtype, shape)
+        if "n_frames" in self.meta:
+            parts.update(n_frames=self.meta["n_frames"][index], tier=self.meta["tier"][index], json=True)
+        return self.keys[index], parts
+
+    def read(self, entry: Sequence[Any], first: int | None = None) -> np.ndarray:
+        """The array of an index entry; with ``first``, only ``array[first]``."""
+        offset, dtype, shape = entry
+        dt = _DTYPES.get(dtype) or _DTYPES.setdefault(dtype, np.dtype(dtype))
+        if first is not None:
+            rest = shape[1:]
+            n = dt.itemsize * math.prod(rest)
+            offset, shape = offset + first * n, rest
+        else:
+            n = dt.itemsize * math.prod(shape)
+        data = os.pread(self._fd, n, offset) if self._fd is not None else self._file.read_at(n, offset)
+        if len(data) != n:
+            raise ShardError(f"{self.url}: {len(data)} of {n} bytes at offset {offset}: truncated?")
+        return np.frombuffer(data, dtype=dt).reshape(shape)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        else:
+            self._file.close()
+
+
+def _open_random(url: str) -> tuple[int | None, Any]:
+    """A local file descriptor (for ``os.pread``), or a pyarrow random-access file for a URI."""
+    if "://" not in url:
+        return os.open(url, os.O_RDONLY), None
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(url)
+    return None, fs.open_input_file(path)
+
+
+INDEX_FORMAT = "tria-shard-index/1"
+_DTYPES: dict[str, np.dtype] = {}
+
+
+def _load_index(url: str, sha256: str | None) -> dict[str, Any] | None:
+    """The index beside a tar, or None when there is none or it does not describe this file (then the
+    reader walks the headers). The index records the tar's size and sha256: both must match the file's
+    size and the catalogue's digest (when known)."""
     try:
-        tokens = np.load(io.BytesIO(parts["tokens.npy"]), allow_pickle=False)
-        feats = np.load(io.BytesIO(parts["feats.npy"]), allow_pickle=False)
-        meta = json.loads(parts["json"].decode("utf-8"))
-    except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:
-        raise ShardError(f"sample {key!r} does not decode: {type(e).__name__}: {e}") from e
-    if tokens.ndim != 2 or feats.ndim != 3 or feats.shape[2] != tokens.shape[1] or feats.shape[0] < 1:
-        raise ShardError(
-            f"sample {key!r}: tokens {tokens.shape} / feats {feats.shape} do not match the format"
-        )
-    tier, n_frames = meta.get("tier"), meta.get("n_frames")
-    if tier not in TIERS or not isinstance(n_frames, int) or not 0 < n_frames <= tokens.shape[1]:
-        raise ShardError(f"sample {key!r}: bad metadata tier={tier!r} n_frames={n_frames!r}")
-    # A stable hash (not Python's salted hash()) so every process and every restart picks the same variant.
-    variant = zlib.crc32(f"{seed}:{epoch}:{key}".encode()) % feats.shape[0]
-    return {
-        "key": key,
-        "tokens": tokens,
-        "feats": np.array(feats[variant]),
-        "n_frames": n_frames,
-        "tier": tier,
-    }
+        with open_binary(url + ".idx") as f:
+            index = json.loads(f.read())
+        if index.get("format") != INDEX_FORMAT or (sha256 and index.get("sha256") != sha256.lower()):
+            return None
+        size = os.stat(url).st_size if "://" not in url else _uri_size(url)
+        return index if index.get("tar_bytes") == size else None
+    except (OSError, ValueError):
+        return None
+
+
+def _uri_size(url: str) -> int:
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(url)
+    return int(fs.get_file_info(path).size or -1)
+
+
+def _open_tar(url: str, sha256: str | None, suffixes: tuple[str, ...]) -> _Indexed | _HeaderWalk:
+    index = _load_index(url, sha256)
+    return _Indexed(url, index, suffixes) if index is not None else _HeaderWalk(url, suffixes)
+
+
+class _ShardCursor:
+    """Chosen samples of one shard (a token tar, zipped with its prompt tar), in increasing index order.
+
+    Decodes only the samples asked for, and of the K feature variants only the one this epoch uses.
+    """
+
+    def __init__(self, spec: ShardSpec, seed: int, epoch: int) -> None:
+        self.spec, self.seed, self.epoch = spec, seed, epoch
+        self._target = -1
+        self._tars: list[_Indexed | _HeaderWalk] = []
+        if spec.prompts is None:  # one tar holds both fields
+            self._tars.append(_open_tar(spec.url, spec.sha256, _NEEDED_MEMBERS))
+        else:
+            self._tars.append(_open_tar(spec.url, spec.sha256, ("tokens.npy", "json")))
+            self._tars.append(_open_tar(spec.prompts, spec.prompts_sha256, ("feats.npy",)))
+        tokens, feats = self._tars[0], self._tars[-1]
+        self._indexed = (isinstance(tokens, _Indexed) and isinstance(feats, _Indexed) and "n_frames" in tokens.meta
+                         and "tokens.npy" in tokens.arrays and "feats.npy" in feats.arrays)
+
+    def _get_indexed(self, index: int) -> dict[str, Any]:
+        """The fast path: both tars have an index (two positioned reads, no header parsed)."""
+        tok_tar, feat_tar = self._tars[0], self._tars[-1]
+        if index >= len(tok_tar.keys) or index >= len(feat_tar.keys):
+            raise ShardError(f"its index has no sample {index} ({self.spec.n_samples} declared)")
+        key = tok_tar.keys[index]
+        if feat_tar.keys[index] != key:
+            raise ShardError(f"sample {index}: token key {key!r} != prompt key {feat_tar.keys[index]!r}: "
+                             "the token and prompt shards are not aligned")
+        tok_entry, feat_entry = tok_tar.arrays["tokens.npy"][index], feat_tar.arrays["feats.npy"][index]
+        if len(tok_entry[2]) != 2 or len(feat_entry[2]) != 3 or feat_entry[2][0] < 1 \
+                or feat_entry[2][2] != tok_entry[2][1]:
+            raise ShardError(f"sample {key!r}: tokens {tok_entry[2]} / feats {feat_entry[2]} do not match the format")
+        # A stable hash (not Python's salted hash()) so every process and restart picks the same variant.
+        variant = zlib.crc32(f"{self.seed}:{self.epoch}:{key}".encode()) % feat_entry[2][0]
+        tokens, feats = tok_tar.read(tok_entry), feat_tar.read(feat_entry, first=variant)
+        tier, n_frames = tok_tar.meta["tier"][index], tok_tar.meta["n_frames"][index]
+        if tier not in _TIER_ID or not isinstance(n_frames, int) or not 0 < n_frames <= tok_entry[2][1]:
+            raise ShardError(f"sample {key!r}: bad metadata tier={tier!r} n_frames={n_frames!r}")
+        return {"key": key, "tokens": tokens, "feats": feats, "n_frames": n_frames, "tier": tier}
+
+    def get(self, index: int) -> dict[str, Any]:
+        """The decoded sample ``index``; raises ShardError when it cannot be read."""
+        if index <= self._target:
+            raise ValueError(f"cursor on {self.spec.url} moves forward only ({index} <= {self._target})")
+        self._target = index
+        if self._indexed:
+            return self._get_indexed(index)
+        try:
+            found = [tar.get(index) for tar in self._tars]
+        except StopIteration:
+            raise ShardError(
+                f"ends before sample {index} ({self.spec.n_samples} declared): truncated?"
+            ) from None
+        except IndexError:
+            raise ShardError(f"its index has no sample {index} ({self.spec.n_samples} declared)") from None
+        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+            raise ShardError(f"{type(e).__name__}: {e}") from e
+        key = found[0][0]
+        if any(k != key for k, _ in found):
+            raise ShardError(f"sample {index}: token key {key!r} != prompt key {found[-1][0]!r}: "
+                             "the token and prompt shards are not aligned")
+        tokens_tar, feats_tar = self._tars[0], self._tars[-1]
+        tokens_part, feats_part = found[0][1].get("tokens.npy"), found[-1][1].get("feats.npy")
+        meta = found[0][1]
+        if tokens_part is None or feats_part is None or not meta.get("json"):
+            missing = [m for m, v in (("tokens.npy", tokens_part), ("feats.npy", feats_part),
+                                      ("json", meta.get("json") or None)) if v is None]
+            raise ShardError(f"sample {key!r} lacks members {missing}")
+        try:
+            tokens = tokens_part if isinstance(tokens_part, np.ndarray) else tokens_tar.read(tokens_part)
+            n_variants = (feats_part.shape if isinstance(feats_part, np.ndarray) else feats_part[2])[0]
+            if n_variants < 1:
+                raise ShardError(f"sample {key!r} has no feature variant")
+            # A stable hash (not Python's salted hash()) so every process and restart picks the same variant.
+            variant = zlib.crc32(f"{self.seed}:{self.epoch}:{key}".encode()) % n_variants
+            if isinstance(feats_part, np.ndarray):
+                if feats_part.ndim != 3:
+                    raise ShardError(f"sample {key!r}: feats {feats_part.shape} do not match the format")
+                feats = feats_part[variant]
+            else:
+                if len(feats_part[2]) != 3:
+                    raise ShardError(f"sample {key!r}: feats {feats_part[2]} do not match the format")
+                feats = feats_tar.read(feats_part, first=variant)
+        except (ValueError, OSError) as e:
+            raise ShardError(f"sample {key!r} does not decode: {type(e).__name__}: {e}") from e
+        if tokens.ndim != 2 or feats.shape[1] != tokens.shape[1]:
+            raise ShardError(f"sample {key!r}: tokens {tokens.shape} / feats {feats.shape} do not match the format")
+        tier, n_frames = meta.get("tier"), meta.get("n_frames")
+        if tier not in TIERS or not isinstance(n_frames, int) or not 0 < n_frames <= tokens.shape[1]:
+            raise ShardError(f"sample {key!r}: bad metadata tier={tier!r} n_frames={n_frames!r}")
+        return {"key": key, "tokens": tokens, "feats": feats, "n_frames": n_frames, "tier": tier}
+
+    def close(self) -> None:
+        for tar in self._tars:
+            tar.close()
 
 
 class _Fetcher:
@@ -450,9 +620,8 @@ class _Fetcher:
         try:
             self._check(shard)
             if seg not in self._cursors:
-                self._cursors[seg] = _ShardCursor(self.shards[shard])
-            key, parts = self._cursors[seg].get(pos)
-            return _decode(key, parts, self.cfg.seed, self.plan.epoch)
+                self._cursors[seg] = _ShardCursor(self.shards[shard], self.cfg.seed, self.plan.epoch)
+            return self._cursors[seg].get(pos)
         except (ShardError, OSError, tarfile.TarError) as e:
             self._bad.add(shard)
             cursor = self._cursors.pop(seg, None)
@@ -463,11 +632,14 @@ class _Fetcher:
 
     def _check(self, shard: int) -> None:
         spec = self.shards[shard]
-        if not self.cfg.verify_checksums or spec.sha256 is None or shard in self._verified:
+        if not self.cfg.verify_checksums or shard in self._verified:
             return
-        digest = _sha256(spec.url)
-        if digest != spec.sha256.lower():
-            raise ShardError(f"sha256 mismatch: file {digest[:16]}..., catalogue {spec.sha256[:16]}...")
+        for url, sha in ((spec.url, spec.sha256), (spec.prompts, spec.prompts_sha256)):
+            if url is None or sha is None:
+                continue
+            digest = _sha256(url)
+            if digest != sha.lower():
+                raise ShardError(f"sha256 mismatch of {url}: file {digest[:16]}..., catalogue {sha[:16]}...")
         self._verified.add(shard)
 
     def close(self) -> None:
@@ -495,29 +667,34 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if not samples:
         raise ValueError("collate needs at least one sample")
     K, n_bands = samples[0]["tokens"].shape[0], samples[0]["feats"].shape[0]
-    for s in samples:
-        if s["tokens"].shape[0] != K or s["feats"].shape[0] != n_bands:
+    B, T = len(samples), max(s["tokens"].shape[1] for s in samples)
+    # Preallocated in the samples' own dtypes (a plain copy each), then one vectorised conversion per batch.
+    tokens = np.zeros((B, K, T), dtype=np.result_type(*(s["tokens"].dtype for s in samples)))
+    feats = np.zeros((B, n_bands, T), dtype=np.result_type(*(s["feats"].dtype for s in samples)))
+    lengths = np.empty(B, dtype=np.int64)
+    tier_id = np.empty(B, dtype=np.int64)
+    for b, s in enumerate(samples):
+        tok, f = s["tokens"], s["feats"]
+        if tok.shape[0] != K or f.shape[0] != n_bands:
             raise ValueError(
-                f"sample {s['key']!r} has {s['tokens'].shape[0]} codebooks / {s['feats'].shape[0]} "
+                f"sample {s['key']!r} has {tok.shape[0]} codebooks / {f.shape[0]} "
                 f"bands, the batch has {K} / {n_bands}"
             )
-        if s["tokens"].shape[1] != s["feats"].shape[1]:
+        n = tok.shape[1]
+        if f.shape[1] != n:
             raise ValueError(f"sample {s['key']!r}: tokens and feats differ in length")
-        if s["tier"] not in TIERS:
+        if s["tier"] not in _TIER_ID:
             raise ValueError(f"sample {s['key']!r}: unknown tier {s['tier']!r}; known: {TIERS}")
-    B, T = len(samples), max(s["tokens"].shape[1] for s in samples)
-    tokens = torch.zeros(B, K, T, dtype=torch.long)
-    feats = torch.zeros(B, n_bands, T, dtype=torch.float32)
-    for b, s in enumerate(samples):
-        n = s["tokens"].shape[1]
-        tokens[b, :, :n] = torch.from_numpy(np.asarray(s["tokens"], dtype=np.int64))
-        feats[b, :, :n] = torch.from_numpy(np.asarray(s["feats"], dtype=np.float32))
+        tokens[b, :, :n] = tok
+        feats[b, :, :n] = f
+        lengths[b] = min(int(s["n_frames"]), n)
+        tier_id[b] = _TIER_ID[s["tier"]]
     return {
-        "tokens": tokens,
-        "feats": feats,
-        "lengths": torch.tensor([min(int(s["n_frames"]), s["tokens"].shape[1]) for s in samples]),
+        "tokens": torch.from_numpy(tokens).long(),
+        "feats": torch.from_numpy(feats).float(),
+        "lengths": torch.from_numpy(lengths),
         "tier": [s["tier"] for s in samples],
-        "tier_id": torch.tensor([TIERS.index(s["tier"]) for s in samples], dtype=torch.long),
+        "tier_id": torch.from_numpy(tier_id),
         "keys": [s["key"] for s in samples],
     }
 
@@ -613,7 +790,8 @@ class ShardDataset(IterableDataset):
         cfg = asdict(self.config)
         for k in ("batch_size", "drop_last", "verify_checksums"):
             cfg.pop(k)
-        shards = [(s.url, s.n_samples, s.stream, s.weight) for s in self.shards]
+        shards = [(s.url, s.n_samples, s.stream, s.weight) + ((s.prompts,) if s.prompts else ())
+                  for s in self.shards]
         blob = json.dumps({"shards": shards, "config": cfg, "v": _STATE_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -308,7 +308,7 @@ def _read_annotations(path: Path) -> np.ndarray:
 
 
 def _catalogue_clips(spec: AudioSetConfig, default_catalogue: str | None, what: str) -> list[Clip]:
-    from pipelines.catalogue import Catalogue  # imported lazily: no DuckDB import for folder-only sets
+    from tria.catalog import Catalogue  # imported lazily: no DuckDB import for folder-only sets
 
     path = spec.catalogue or default_catalogue
     if not path:
@@ -338,7 +338,7 @@ def _catalogue_clips(spec: AudioSetConfig, default_catalogue: str | None, what: 
 
 def _read_excerpt(path: str, base: Path, offset_s: float, duration_s: float) -> np.ndarray:
     """(N,) float32 at 44.1 kHz of a stem window; local paths, paths relative to the catalogue, or URIs."""
-    from pipelines import fs
+    from tria import fs
 
     if fs.is_uri(path):
         import soundfile as sf
@@ -809,7 +809,7 @@ def _log_mlflow(uri: str, experiment: str, cfg: EvalSetConfig, runs: list, files
 
 def _record(cfg: EvalSetConfig, runs: list) -> list[str]:
     """One ``eval_runs`` row per checkpoint and condition (a locked catalogue only warns)."""
-    from pipelines.catalogue import Catalogue, EvalRunRow, to_json
+    from tria.catalog import Catalogue, EvalRunRow, to_json
 
     split = cfg.timbre.split or "folder"
     rows = [EvalRunRow(training_run_id=ck.training_run_id, checkpoint=str(ck.path.resolve()), split=split,

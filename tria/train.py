@@ -50,6 +50,7 @@ from tria.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from tria.codec import CodecConfig, resolve_device
 from tria.config import ConfigError, apply_overrides, from_dict, load_yaml, resolve_path, to_dict
 from tria.curriculum import CurriculumConfig, allowed_codebooks, codebook_weights
+from tria.catalog import Catalogue
 from tria.data import ReaderConfig, ShardDataset, ShardLoader, ShardSpec
 from tria.features import RhythmFeatureConfig
 from tria.masking import MaskConfig, build_training_batch, masked_token_loss
@@ -97,6 +98,7 @@ class DataConfig:
     val_batches: int = 8
     prefetch_factor: int | None = None  # batches per worker queued ahead; None: cover one shuffle window
     record_keys: bool = False  # write the keys each step trained on to <run>/keys/rank<r>.jsonl
+    augment_id: str = ""  # which prompt set of the features config ("" = the only one there is)
 
 
 @dataclass(frozen=True)
@@ -224,36 +226,63 @@ def _all_reduce(t: torch.Tensor, d: Dist) -> torch.Tensor:
 # Shards from the catalogue
 # ---------------------------------------------------------------------------------------------
 
+_SELECT_SQL = """
+    SELECT t.path, t.n_samples, t.sha256, t.tier, p.path AS prompts, p.sha256 AS prompts_sha256, p.augment_id
+    FROM shards t JOIN shards p ON p.group_id = t.group_id AND p.kind = 'prompts' AND p.status = 'ok'
+                               AND p.n_samples = t.n_samples
+    WHERE t.kind = 'tokens' AND t.status = 'ok' AND t.split = ? AND list_contains(?, t.tier)
+      AND t.codec_id = ? AND p.features_id = ? AND (? = '' OR p.augment_id = ?)
+    ORDER BY t.path"""
+
+
 def select_shards(cfg: TrainConfig, split: str, required: bool = True) -> tuple[list[ShardSpec], dict[str, Any]]:
-    """Complete shards of ``split`` in the configured tiers whose codec and feature ids match this run.
+    """Shard groups of ``split`` in the configured tiers: this codec's token shard zipped with the prompt
+    shard of this features config (and ``data.augment_id``, when several augmentation sets exist).
 
     Returns the specs and a description of the selection (the query and shard checksums) for MLflow.
     """
-    from pipelines.catalogue import Catalogue  # the trainer reads the catalogue; only the pipeline writes it
-
-    sql = ("SELECT path, n_samples, sha256, tier FROM shards WHERE status = 'ok' AND split = ? "
-           "AND list_contains(?, tier) AND codec_id = ? AND features_id = ? ORDER BY path")
-    params = [split, list(cfg.data.tiers), cfg.codec.config_id, cfg.features.config_id]
+    params = [split, list(cfg.data.tiers), cfg.codec.config_id, cfg.features.config_id, cfg.data.augment_id,
+              cfg.data.augment_id]
     with Catalogue(cfg.path(cfg.data.catalogue), read_only=True) as cat:
-        rows = cat.execute(sql, params).dicts()
+        rows = cat.execute(_SELECT_SQL, params).dicts()
+        augment_ids = sorted({r["augment_id"] for r in rows})
+        if len(augment_ids) > 1:
+            raise ValueError(f"the '{split}' shards have {len(augment_ids)} prompt sets for features_id="
+                             f"{params[3]}: {augment_ids}; choose one with data.augment_id=...")
         if not rows and not required:
             print(f"[train] warning: no '{split}' shards match this config; validation and samples are off", flush=True)
             return [], {}
         if not rows:
-            have = cat.execute("SELECT DISTINCT split, tier, codec_id, features_id FROM shards WHERE status = 'ok'"
-                               ).dicts()
-            raise ValueError(
-                f"no '{split}' shards with tiers {list(cfg.data.tiers)}, codec_id={params[2]} and "
-                f"features_id={params[3]} in {cfg.path(cfg.data.catalogue)}; the catalogue has: {have or 'no shards'}. "
-                "Run the pipeline with the same codec and feature settings as this training config.")
+            raise ValueError(_no_shards_message(cat, cfg, split, params))
     weights = cfg.data.tier_weights
     specs = [ShardSpec(url=r["path"], n_samples=int(r["n_samples"]), sha256=r["sha256"], stream=r["tier"],
-                       weight=float(weights[r["tier"]]) if weights and r["tier"] in weights else None) for r in rows]
+                       weight=float(weights[r["tier"]]) if weights and r["tier"] in weights else None,
+                       prompts=r["prompts"], prompts_sha256=r["prompts_sha256"]) for r in rows]
     if weights:  # every stream needs a weight once any has one
         specs = [s if s.weight is not None else dataclasses.replace(s, weight=0.0) for s in specs]
         specs = [s for s in specs if s.weight > 0]
-    selection = {"query": sql, "params": params, "shards": [{"path": s.url, "sha256": s.sha256} for s in specs]}
+    selection = {"query": _SELECT_SQL, "params": params,
+                 "shards": [{"path": s.url, "sha256": s.sha256, "prompts": s.prompts,
+                             "prompts_sha256": s.prompts_sha256} for s in specs]}
     return specs, selection
+
+
+def _no_shards_message(cat: Catalogue, cfg: TrainConfig, split: str, params: list) -> str:
+    """Says which half is missing: the codec's token shards, or a prompt set for the features config."""
+    where = f"in {cfg.path(cfg.data.catalogue)}"
+    tokens = cat.execute("SELECT count(*) FROM shards WHERE kind = 'tokens' AND status = 'ok' AND split = ? "
+                         "AND list_contains(?, tier) AND codec_id = ?", params[:3]).rows[0][0]
+    if not tokens:
+        have = cat.execute("SELECT DISTINCT split, tier, codec_id FROM shards WHERE kind = 'tokens' "
+                           "AND status = 'ok' ORDER BY ALL").dicts()
+        return (f"no '{split}' token shards with tiers {params[1]} and codec_id={params[2]} {where}; token "
+                f"shards there: {have or 'none'}. Run the pipeline with the same codec as this training config.")
+    have = cat.execute("SELECT DISTINCT features_id, augment_id FROM shards WHERE kind = 'prompts' "
+                       "AND status = 'ok' AND split = ? ORDER BY ALL", [split]).dicts()
+    wanted = f"features_id={params[3]}" + (f", augment_id={params[4]}" if params[4] else "")
+    return (f"no prompt set matches the requested features config ({wanted}) for the '{split}' token shards "
+            f"{where}; prompt sets there: {have or 'none'}. Run the pipeline with this features config "
+            "(it adds the prompt shards without encoding again).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,13 +399,12 @@ class Trainer:
         print(f"[train] dataset card: {path}", flush=True)
 
     def _record_in_catalogue(self) -> None:
-        from pipelines.catalogue import Catalogue
-
         try:
             with Catalogue(self.cfg.path(self.cfg.data.catalogue)) as cat:
-                cat.start_training_run(self.state.mlflow_run_id or f"local-{self.cfg.name}",
-                                       [s["path"] for s in self.selection["shards"]], experiment=self.cfg.mlflow.experiment,
-                                       name=self.cfg.name, config=to_dict(self.cfg))
+                paths = [p for s in self.selection["shards"] for p in (s["path"], s["prompts"]) if p]
+                cat.start_training_run(self.state.mlflow_run_id or f"local-{self.cfg.name}", paths,
+                                       experiment=self.cfg.mlflow.experiment, name=self.cfg.name,
+                                       config=to_dict(self.cfg))
         except Exception as e:  # the catalogue is locked by a running pipeline: training still proceeds
             print(f"[train] warning: could not record this run in the catalogue: {e}", flush=True)
 
@@ -623,8 +651,6 @@ class Trainer:
                 lg.close("FINISHED" if status == "done" else "FAILED")
         self.logger.close()
         if self.is_main and self.state.mlflow_run_id:
-            from pipelines.catalogue import Catalogue
-
             try:
                 with Catalogue(self.cfg.path(self.cfg.data.catalogue)) as cat:
                     cat.finish_training_run(self.state.mlflow_run_id, status)

@@ -48,6 +48,27 @@ def load_excerpt(path: str, offset_s: float, duration_s: float) -> tuple[np.ndar
     return out, valid
 
 
+def audio_batch(batch: dict[str, np.ndarray], duration_s: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The excerpts of a batch (columns path, offset_s): ``(audio (B, N), n_frames (B,), error (B,))``.
+
+    ``n_frames`` counts the valid token frames; ``error`` is "" or the reason a file became unreadable
+    since the filter stage (reported, not raised).
+    """
+    B = len(batch["path"])
+    n = int(round(duration_s * SAMPLE_RATE))
+    T = n // HOP
+    audio = np.zeros((B, n), dtype=np.float32)
+    n_frames = np.zeros(B, dtype=np.int64)
+    error = [""] * B
+    for i in range(B):
+        try:
+            audio[i], valid = load_excerpt(str(batch["path"][i]), float(batch["offset_s"][i]), duration_s)
+            n_frames[i] = (T * valid) // n  # SPEC 4.1 step 2: floor(T * signal_length / padded_length)
+        except AudioError as e:
+            error[i] = e.reason
+    return audio, n_frames, error
+
+
 def prompts_batch(batch: dict[str, np.ndarray], config: PromptConfig, device: str = "cpu") -> dict[str, np.ndarray]:
     """Ray Data batch function over excerpts; the augmentation and features run on ``device``.
 
@@ -57,17 +78,8 @@ def prompts_batch(batch: dict[str, np.ndarray], config: PromptConfig, device: st
     that became unreadable since the filter stage is reported, not raised).
     """
     B = len(batch["key"])
-    n = int(round(config.duration_s * SAMPLE_RATE))
-    T = n // HOP
-    audio = np.zeros((B, n), dtype=np.float32)
-    n_frames = np.zeros(B, dtype=np.int64)
-    error = [""] * B
-    for i in range(B):
-        try:
-            audio[i], valid = load_excerpt(str(batch["path"][i]), float(batch["offset_s"][i]), config.duration_s)
-            n_frames[i] = (T * valid) // n  # SPEC 4.1 step 2: floor(T * signal_length / padded_length)
-        except AudioError as e:
-            error[i] = e.reason
+    audio, n_frames, error = audio_batch(batch, config.duration_s)
+    T = audio.shape[1] // HOP
     ok = np.array([e == "" for e in error])
     K = config.n_variants
     feats = np.zeros((B, K, config.features.n_bands, T), dtype=np.float16)

@@ -3,7 +3,7 @@
 The codec is loaded once per actor (``__init__``) and reused for every batch, on the device Ray gave
 the actor (:func:`pipelines.resources.actor_device`: the GPU that ``num_gpus`` reserved, else the CPU).
 What the actors ask Ray for is decided on the driver by :func:`pipelines.resources.plan_pool`.
-:class:`PromptsTokenizer` also runs the prompts stage on the actor's device, before the codec.
+:class:`pipelines.stages.groups.GroupPromptsTokenizer` also runs the prompts stage on the actor's device.
 """
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ from __future__ import annotations
 import io
 from typing import Any
 
-__all__ = ["CodecConfig", "PromptsTokenizer", "Tokenizer", "flac_bytes"]
+__all__ = ["CodecConfig", "Tokenizer", "flac_bytes"]
 
 import numpy as np
 import soundfile as sf
 import torch
 
 from pipelines.resources import actor_device
-from pipelines.stages.prompts import PromptConfig, prompts_batch
 from tria.codec import Codec, CodecConfig
 
 
@@ -40,19 +39,6 @@ class Tokenizer:
         out["flac"] = np.asarray([flac_bytes(a) if str(s) in self.flac_splits else b""
                                   for a, s in zip(batch["audio"], batch["split"])], dtype=object)
         return out
-
-
-class PromptsTokenizer(Tokenizer):
-    """Prompts + tokenize on one actor: :func:`prompts_batch` (augmentation and rhythm features, batched
-    torch) on the actor's device, then the codec. Where the actor holds a GPU this keeps the CPU prompts
-    stage from starving the codec; its input columns are those of ``prompts_batch``."""
-
-    def __init__(self, config: CodecConfig, prompts: PromptConfig, flac_splits: tuple[str, ...] = ()):
-        super().__init__(config, flac_splits)
-        self.prompts = prompts
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        return super().__call__(prompts_batch(batch, self.prompts, device=self.device))
 
 
 def flac_bytes(audio: np.ndarray, sample_rate: int = Codec.sample_rate) -> bytes:

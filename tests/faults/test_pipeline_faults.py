@@ -5,7 +5,8 @@
   file's excerpt is in a shard exactly once, and the run does not abort.
 * Faults: kill -9 of the Ray worker that runs prompts+tokenize; kill -9 of the job driver; a full disk
   while a shard is written; shards truncated, bit-flipped and deleted after they were registered. Each
-  run must end with exactly the keys of a clean run, each in one "ok" shard.
+  run must end with exactly the keys of a clean run, each in one "ok" token shard zipped with one "ok"
+  prompt shard of the same group.
 
 Not covered: killing the Ray head. It would take the module's shared cluster down with it, and a fresh
 head per test costs more than this suite's time budget; the driver kill covers the "job dies" case.
@@ -88,23 +89,36 @@ def catalogue_path(root: Path) -> Path:
     return root / "data" / "catalogue.duckdb"
 
 
-def ok_shards(root: Path) -> list[dict]:
+def ok_shards(root: Path, kind: str = "tokens") -> list[dict]:
     with Catalogue(catalogue_path(root), read_only=True) as cat:
-        return cat.execute("SELECT shard_id, path, n_samples, n_bytes, sha256 FROM shards WHERE status = 'ok' "
-                           "ORDER BY path").dicts()
+        return cat.execute("SELECT t.shard_id, t.path, t.n_samples, t.n_bytes, t.sha256, t.group_id, "
+                           "p.path AS prompts, p.sha256 AS prompts_sha256 FROM shards t LEFT JOIN shards p "
+                           "ON p.group_id = t.group_id AND p.kind = 'prompts' AND p.status = 'ok' "
+                           "WHERE t.status = 'ok' AND t.kind = ? ORDER BY t.path", [kind]).dicts()
+
+
+def _members(path: str | Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
 
 
 def read_shard(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray, dict]]:
-    """key -> (tokens, feats, meta) of one shard file."""
-    with tarfile.open(path) as tar:
-        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    """key -> (tokens, feats, meta) of one token shard zipped with its group's prompt shard (beside it)."""
+    path = Path(path)
+    [prompts] = sorted(path.parent.parent.glob(f"prompts-*/{path.name}"))
+    tokens, feats = _members(path), _members(prompts)
     out = {}
-    for name, data in members.items():
+    for name, data in tokens.items():
         if name.endswith(".json"):
             key = name[: -len(".json")]
-            out[key] = (np.load(io.BytesIO(members[f"{key}.tokens.npy"])),
-                        np.load(io.BytesIO(members[f"{key}.feats.npy"])), json.loads(data))
+            out[key] = (np.load(io.BytesIO(tokens[f"{key}.tokens.npy"])),
+                        np.load(io.BytesIO(feats[f"{key}.feats.npy"])), json.loads(data))
+    assert list(out) == [n[: -len(".json")] for n in feats if n.endswith(".json")], "aligned field sets"
     return out
+
+
+def token_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("tokens-*/shard-*.tar"))
 
 
 def delivered(root: Path) -> tuple[list[str], dict[str, tuple]]:
@@ -125,12 +139,13 @@ def assert_complete(root: Path, expected: set[str], tally, shard_root: Path | No
     folder = shard_root or root / "data" / "shards"
     keys, samples = delivered(root)
     with Catalogue(catalogue_path(root), read_only=True) as cat:
-        links = cat.execute("SELECT se.excerpt_id FROM shard_excerpts se JOIN shards sh "
-                            "ON sh.shard_id = se.shard_id WHERE sh.status = 'ok'").rows
+        links = {kind: [r[0] for r in cat.execute(
+            "SELECT se.excerpt_id FROM shard_excerpts se JOIN shards sh ON sh.shard_id = se.shard_id "
+            "WHERE sh.status = 'ok' AND sh.kind = ?", [kind]).rows] for kind in ("tokens", "prompts")}
         excerpts = {r[0] for r in cat.execute("SELECT excerpt_id FROM excerpts").rows}
-    views = [keys, [r[0] for r in links]]
+    views = [keys, links["tokens"], links["prompts"]]
     if whole_folder:
-        views.append([k for p in folder.rglob("*.tar") for k in read_shard(p)])
+        views.append([k for p in token_files(folder) for k in read_shard(p)])
     lost, duplicated = tally.samples(expected, *views)
     assert (lost, duplicated) == (0, 0), f"expected {sorted(expected)}; shard files, links, folder: {views}"
     assert excerpts == expected
@@ -203,7 +218,7 @@ def test_ray_worker_killed_mid_stage(ray_cluster, good_audio, clean_run, tmp_pat
 
     def killer() -> None:
         while not stop.is_set():
-            n_done = len(list(shard_dir.rglob("shard-*.tar"))) if shard_dir.exists() else 0
+            n_done = len(token_files(shard_dir)) if shard_dir.exists() else 0
             if n_done:
                 for pid in descendants(os.getpid()):  # only this test's Ray, never another cluster's
                     title = cmdline(pid)
@@ -223,7 +238,7 @@ def test_ray_worker_killed_mid_stage(ray_cluster, good_audio, clean_run, tmp_pat
     assert killed, "no Ray worker running the tokenizer was found to kill: the test proved nothing"
     tally.fault(f"kill -9 Ray worker {killed[0][1]!r}")
     assert killed[0][2] < len(keys), "the worker was killed while excerpts were still to do"
-    assert summary["written"] == len(keys)
+    assert summary["written"] == 2 * len(keys) and summary["encoded"] == summary["featurised"] == len(keys)
     samples = assert_complete(tmp_path, keys, tally)
     for k in keys:  # a retried batch gives the same bytes as an undisturbed one
         assert np.array_equal(samples[k][0], clean[k][0]) and np.array_equal(samples[k][1], clean[k][1])
@@ -241,22 +256,23 @@ def test_job_driver_killed_then_rerun(ray_cluster, good_audio, clean_run, tmp_pa
         proc = subprocess.Popen([sys.executable, "-m", "pipelines.run", str(cfg_path)], cwd=REPO, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        appeared = wait_for(lambda: any(shard_dir.rglob("shard-*.tar")), timeout=240, interval=0.01, proc=proc)
+        appeared = wait_for(lambda: bool(token_files(shard_dir)), timeout=240, interval=0.01, proc=proc)
         alive = proc.poll() is None
         kill_tree(proc)  # SIGKILL: no finally, no atexit, the catalogue is left as the crash left it
     finally:
         kill_tree(proc)
-    on_disk = sorted(str(p) for p in shard_dir.rglob("shard-*.tar"))
+    on_disk = sorted(str(p) for p in shard_dir.rglob("shard-*.tar"))  # token and prompt shards
     assert appeared and alive, "the driver did not reach the shard stage alive:\n" + log.read_text()[-3000:]
     tally.fault("kill -9 of the pipeline job driver")
-    assert 0 < len(on_disk) < len(keys), "killed mid-run: some shards written, some not"
+    assert 0 < len(on_disk) < 2 * len(keys), "killed mid-run: some shards written, some not"
     # Killed right after a rename, the newest file may not be registered yet (an orphan): the rerun must
     # drop it, or its sample would exist twice on disk. Registered shards must be kept as they are.
-    before = {r["path"]: Path(r["path"]).read_bytes() for r in ok_shards(tmp_path)}
+    registered = ok_shards(tmp_path, "tokens") + ok_shards(tmp_path, "prompts")
+    before = {r["path"]: Path(r["path"]).read_bytes() for r in registered}
     assert set(before) <= set(on_disk)  # the rest, if any, are orphans: assert_complete's folder view sees them
 
     summary = run(load_pipeline_config(str(cfg_path), []))
-    assert summary["written"] == len(keys) - len(before), "only the missing work is redone"
+    assert summary["written"] == 2 * len(keys) - len(before), "only the missing work is redone"
     samples = assert_complete(tmp_path, keys, tally)
     for p, data in before.items():
         assert Path(p).read_bytes() == data, f"{p} was registered before the kill and must not be rewritten"
@@ -265,13 +281,14 @@ def test_job_driver_killed_then_rerun(ray_cluster, good_audio, clean_run, tmp_pa
 
 
 def test_disk_full_while_writing_a_shard(ray_cluster, good_audio, clean_run, tmp_path, tmpfs, tally):
-    """Shards on a tmpfs with room for one and a half shards: the run fails with an error naming the
-    shard and the cause, leaves no partial file and no unregistered shard; after space is freed a rerun
-    completes with every sample once."""
+    """Shards on a tmpfs with room for one and a half groups (token and prompt shards and their indexes):
+    the run fails with an error naming the shard and the cause, leaves no partial file and no
+    unregistered shard; after space is freed a rerun completes with every sample once."""
     _, keys, _ = clean_run
-    shard_bytes = max(r["n_bytes"] for r in ok_shards(clean_run[0]))
     page = 4096
-    pages = -(-shard_bytes // page)
+    rows = ok_shards(clean_run[0], "tokens") + ok_shards(clean_run[0], "prompts")
+    pages = max(sum(-(-n // page) for n in (r["n_bytes"], Path(r["path"] + ".idx").stat().st_size))
+                for r in rows) * 2  # a group: two shards, each with its index
     mnt = tmpfs(64 * pages * page)
     st = os.statvfs(mnt)
     filler = mnt / "filler"
@@ -284,30 +301,31 @@ def test_disk_full_while_writing_a_shard(ray_cluster, good_audio, clean_run, tmp
     assert "cannot write shard" in str(err.value) and "shard-" in str(err.value), str(err.value)
     assert not list(mnt.rglob("*.tmp")), "the partial shard must not stay (nor take the space)"
     finals = sorted(str(p) for p in mnt.rglob("shard-*.tar"))
-    registered = ok_shards(tmp_path)
-    assert finals == [r["path"] for r in registered], "a file under a final name is a registered, whole shard"
-    assert 0 < len(finals) < len(keys)
-    for r in registered:
+    registered = ok_shards(tmp_path, "tokens") + ok_shards(tmp_path, "prompts")
+    assert finals == sorted(r["path"] for r in registered), "a file under a final name is a registered, whole shard"
+    assert 0 < len(finals) < 2 * len(keys)
+    for r in ok_shards(tmp_path, "tokens"):
         assert read_shard(r["path"]), r["path"]
 
     filler.unlink()  # free the space
     summary = run(cfg)
-    assert summary["written"] == len(keys) - len(finals)
+    assert summary["written"] == 2 * len(keys) - len(finals)
     assert_complete(tmp_path, keys, tally, shard_root=mnt / "shards")
 
 
 def test_corrupted_shards_skipped_by_reader_marked_by_verify_rewritten_by_rerun(
         clean_run, good_audio, caplog, capsys, tally):
-    """Three shards damaged after registration (truncated, bytes flipped, deleted): the trainer's reader
-    skips them with a warning, `pipelines.verify` marks them bad and exits 1, and a pipeline rerun
-    writes their samples again (same bytes), after which verify exits 0."""
+    """Three token shards damaged after registration (truncated, bytes flipped, deleted): the trainer's
+    reader skips them with a warning, `pipelines.verify` marks them bad and exits 1, and a pipeline rerun
+    writes those token shards again at their paths (same bytes; their prompt shards are kept, so nothing
+    is featurised again), after which verify exits 0."""
     from pipelines.verify import main as verify_main
     from tria.data import ReaderConfig, ShardDataset, ShardLoader, ShardSpec
 
     root, keys, clean = clean_run
     rows = ok_shards(root)
     assert len(rows) == N_GOOD
-    truncated, flipped, deleted = rows[0], rows[1], rows[-1]  # the last: its index will be free again
+    truncated, flipped, deleted = rows[0], rows[1], rows[-1]
     data = Path(truncated["path"]).read_bytes()
     Path(truncated["path"]).write_bytes(data[: len(data) // 2])
     with tarfile.open(flipped["path"]) as tar:  # flip bits inside the tokens payload, past the npy header
@@ -322,7 +340,8 @@ def test_corrupted_shards_skipped_by_reader_marked_by_verify_rewritten_by_rerun(
     damaged = {r["path"] for r in (truncated, flipped, deleted)}
     lost_keys = {k for r in (truncated, flipped, deleted) for k in clean_keys_of(root, r["shard_id"])}
 
-    specs = [ShardSpec(r["path"], int(r["n_samples"]), r["sha256"]) for r in rows]
+    specs = [ShardSpec(r["path"], int(r["n_samples"]), r["sha256"], prompts=r["prompts"],
+                       prompts_sha256=r["prompts_sha256"]) for r in rows]
     for verify in (False, True):
         caplog.clear()
         reader = ShardDataset(specs, ReaderConfig(batch_size=1, shuffle=False, drop_last=False,
@@ -343,29 +362,31 @@ def test_corrupted_shards_skipped_by_reader_marked_by_verify_rewritten_by_rerun(
     capsys.readouterr()
     assert verify_main(["--catalogue", str(catalogue_path(root)), "--dry-run"]) == 1  # reports, marks nothing
     assert "DAMAGED: " in capsys.readouterr().out and {r["path"] for r in ok_shards(root)} == {r["path"] for r in rows}
+    prompts_before = {r["path"]: Path(r["path"]).read_bytes() for r in ok_shards(root, "prompts")}
     assert verify_main(["--catalogue", str(catalogue_path(root))]) == 1
     out = capsys.readouterr().out
     for row, problem in ((truncated, "size_mismatch"), (flipped, "checksum_mismatch"), (deleted, "missing")):
         assert f"MARKED BAD: {row['path']}: {problem}" in out, out
-    assert "verified 4 shards: 1 intact, 3 marked bad" in out, out
+    assert "verified 8 shards: 5 intact, 3 marked bad" in out, out
     with Catalogue(catalogue_path(root), read_only=True) as cat:
         bad = {r[0] for r in cat.execute("SELECT path FROM shards WHERE status = 'bad'").rows}
         verify_rejects = cat.execute("SELECT count(*) FROM rejects WHERE stage = 'verify'").rows[0][0]
     assert bad == damaged and verify_rejects == 3
 
     summary = run(load_pipeline_config(str(pipeline_yaml(root, good_audio)), []))
-    assert summary["written"] == len(lost_keys) == 3
-    samples = assert_complete(root, keys, tally, whole_folder=False)  # the bad shards stay on disk
+    assert summary["written"] == summary["encoded"] == len(lost_keys) == 3 and summary["featurised"] == 0
+    samples = assert_complete(root, keys, tally)  # rewritten in place: nothing stale stays on disk
+    assert {r["path"]: Path(r["path"]).read_bytes() for r in ok_shards(root, "prompts")} == prompts_before
     for k in keys:
         assert np.array_equal(samples[k][0], clean[k][0]) and np.array_equal(samples[k][1], clean[k][1]), k
     cli = subprocess.run([sys.executable, "-m", "pipelines.verify", "--catalogue", str(catalogue_path(root))],
                          cwd=REPO, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert cli.returncode == 0, cli.stdout + cli.stderr
-    # The deleted shard's index was free, so its path holds a new, whole shard: "ok" again, with only
-    # its new sample linked (stale links would make an excerpt look held twice).
-    assert "verified 4 shards: 4 intact, 0 marked bad; 2 were already marked bad" in cli.stdout, cli.stdout
-    assert deleted["path"] in {r["path"] for r in ok_shards(root)}
+    # Each damaged path holds a new, whole shard of its group: "ok" again, with only its sample linked
+    # (stale links would make an excerpt look held twice).
+    assert "verified 8 shards: 8 intact, 0 marked bad" in cli.stdout and "already" not in cli.stdout, cli.stdout
+    assert {truncated["path"], flipped["path"], deleted["path"]} <= {r["path"] for r in ok_shards(root)}
 
 
 def clean_keys_of(root: Path, shard_id: str) -> set[str]:

@@ -58,18 +58,25 @@ def _submit(url: str, env: dict, cfg: Path, root: Path, wait: bool = True) -> su
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
+def _tar_members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
 def _read_shards(root: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, dict]], list[str]]:
-    """key -> (tokens, feats, meta) over every complete shard, and the list of all keys (with repeats)."""
+    """key -> (tokens, feats, meta) over every token shard zipped with its group's prompt shard, and the
+    list of all keys (with repeats)."""
     samples, keys = {}, []
-    for path in sorted((root / "data" / "shards").rglob("*.tar")):
-        with tarfile.open(path) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for name in members:
-            if name.endswith(".json"):
-                key = name[: -len(".json")]
-                keys.append(key)
-                samples[key] = (np.load(io.BytesIO(members[f"{key}.tokens.npy"])),
-                                np.load(io.BytesIO(members[f"{key}.feats.npy"])), json.loads(members[name]))
+    for path in sorted((root / "data" / "shards").rglob("tokens-*/shard-*.tar")):
+        prompt_tars = sorted(path.parent.parent.glob(f"prompts-*/{path.name}"))
+        assert len(prompt_tars) == 1, f"one prompt shard per group, got {prompt_tars}"
+        tokens, prompts = _tar_members(path), _tar_members(prompt_tars[0])
+        token_keys = [n[: -len(".json")] for n in tokens if n.endswith(".json")]
+        assert token_keys == [n[: -len(".json")] for n in prompts if n.endswith(".json")], "aligned field sets"
+        for key in token_keys:
+            keys.append(key)
+            samples[key] = (np.load(io.BytesIO(tokens[f"{key}.tokens.npy"])),
+                            np.load(io.BytesIO(prompts[f"{key}.feats.npy"])), json.loads(tokens[f"{key}.json"]))
     return samples, keys
 
 
@@ -96,7 +103,9 @@ def test_rows_shards_and_rejects(clean_run):
         assert meta["key"] == key and meta["codec_id"] == "dac-random-tiny-s0" and meta["n_frames"] <= 516
     with Catalogue(root / "data" / "catalogue.duckdb", read_only=True) as cat:
         n_excerpts = cat.execute("SELECT count(*) FROM excerpts").rows[0][0]
-        n_shard_samples = cat.execute("SELECT sum(n_samples) FROM shards WHERE status = 'ok'").rows[0][0]
+        n_shard_samples = cat.execute("SELECT sum(n_samples) FROM shards WHERE status = 'ok' AND kind = 'tokens'"
+                                      ).rows[0][0]
+        assert n_shard_samples == cat.execute("SELECT sum(n_samples) FROM shards WHERE kind = 'prompts'").rows[0][0]
         linked = cat.execute("SELECT count(DISTINCT excerpt_id) FROM shard_excerpts").rows[0][0]
         tiers = dict(cat.execute("SELECT tier, count(*) FROM stems WHERE role = 'drums' GROUP BY tier").rows)
         reasons = cat.execute("SELECT coalesce(s.track, r.item), r.reason FROM rejects r "
@@ -118,6 +127,7 @@ def test_second_submit_does_no_work(ray_head, corpus, clean_run):
     proc = _submit(url, env, _config(root, corpus), root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "nothing to do" in proc.stdout and "written this run   : 0 shards" in proc.stdout
+    assert "encoded (codec)    : 0 excerpts" in proc.stdout and "featurised         : 0 excerpts" in proc.stdout
     assert sorted(p.stat().st_mtime_ns for p in (root / "data" / "shards").rglob("*.tar")) == before
 
 

@@ -319,4 +319,4 @@ def test_file_is_written_in_the_cli_storage_version(tmp_path):
     out = subprocess.run([duckdb_cli(), "-csv", str(db), "-c", "SELECT value FROM catalogue_meta"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["value", "1"]
+    assert out.stdout.split() == ["value", "2"]  # schema 2: shard groups and field sets

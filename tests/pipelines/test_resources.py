@@ -106,18 +106,23 @@ def test_prompts_on_the_codec_actor_equal_prompts_as_cpu_tasks(tmp_path):
     import numpy as np
 
     from pipeline_fixtures import make_drums
-    from pipelines.stages.prompts import PromptConfig, prompts_batch
-    from pipelines.stages.tokenize import PromptsTokenizer, Tokenizer
+    from pipelines.stages.groups import GroupPromptsTokenizer, GroupTokenizer, group_prompts
+    from pipelines.stages.prompts import PromptConfig
     from tria.codec import CodecConfig
 
     path = str(make_drums(tmp_path, n_loops=1, seconds=7.0, bad=False)[0])
-    batch = {"key": np.asarray(["a", "b"]), "path": np.asarray([path, path]), "offset_s": np.asarray([0.0, 0.5]),
-             "duration_s": np.asarray([6.0, 6.0]), "split": np.asarray(["train", "val"])}
+    excerpts = [{"key": k, "source": "s", "track": "t", "stem": "drums", "path": path, "split": "val",
+                 "tier": "isolated", "offset_s": off, "duration_s": 6.0, "loudness_db": -20.0}
+                for k, off in (("a", 0.0), ("b", 0.5))]
+    group = {"group_id": "g", "split": "val", "tier": "isolated", "idx": 0, "want_tokens": True,
+             "want_prompts": True, "excerpts": excerpts}
+    batch = {k: np.asarray([v], dtype=object) for k, v in group.items()}
     prompts = PromptConfig(n_variants=2)
     codec = CodecConfig(weights="random", size="tiny", device="cpu")
-    fused = PromptsTokenizer(codec, prompts, ("val",))(dict(batch))
-    apart = Tokenizer(codec, ("val",))(prompts_batch(dict(batch), prompts))
-    assert fused.keys() == apart.keys() and "audio" not in fused
-    for k in ("tokens", "feats", "n_frames", "ok"):
-        assert np.array_equal(fused[k], apart[k]), k
-    assert fused["flac"][1] == apart["flac"][1] != b"" and fused["flac"][0] == b""
+    fused = GroupPromptsTokenizer(codec, ("val",), 6.0, 2, prompts)(dict(batch))
+    apart = GroupTokenizer(codec, ("val",), 6.0, 2)(group_prompts(dict(batch), prompts, chunk=2))
+    assert fused.keys() == apart.keys()
+    for k in ("tokens", "feats", "n_frames", "prompt_error", "token_error"):
+        assert np.array_equal(np.asarray(fused[k][0]), np.asarray(apart[k][0])), k
+    assert fused["feats"][0].shape[:2] == (2, 2) and fused["tokens"][0].shape[:2] == (2, 9)
+    assert list(fused["flac"][0]) == list(apart["flac"][0]) and all(f != b"" for f in fused["flac"][0])

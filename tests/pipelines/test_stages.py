@@ -5,18 +5,21 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from pipelines.rows import ShardRow
 from pipelines.stages.excerpt import FilterConfig, choose_excerpts, filter_batch, rows_from_batch
+from pipelines.stages.groups import GroupTokenizer, group_prompts, write_group
 from pipelines.stages.prompts import PromptConfig, prompts_batch, variant_seeds
-from pipelines.stages.shard import ShardConfig, ShardSink, write_tar
+from pipelines.stages.shard import (ShardConfig, ShardSink, field_samples, remove_partial, remove_unregistered,
+                                   write_shard)
 from pipelines.stages.tokenize import CodecConfig, Tokenizer
 from synth_audio import SR, click_track
 from tria.features import RhythmFeatureConfig
+from tria.rows import group_id
 
 
 def _wav(path, y, sr=SR, subtype=None):
@@ -114,35 +117,102 @@ class TestPromptsAndTokenize:
 
 
 class TestShards:
+    IDS = {"codec_id": "c", "features_id": "f", "augment_id": "a"}
+
     def _sample(self, key, split="train", tier="isolated"):
         return {"key": key, "tokens": np.full((9, 516), 7, np.int16), "feats": np.zeros((2, 2, 516), np.float16),
-                "meta": {"key": key, "split": split, "tier": tier}}
+                "meta": {"key": key, "split": split, "tier": tier, "n_frames": 500}}
 
-    def test_write_tar_members_and_atomic_name(self, tmp_path):
-        path = tmp_path / "s" / "shard-000000.tar"
-        n_bytes, sha = write_tar(path, [self._sample("aa"), self._sample("bb")])
-        assert path.exists() and not path.with_name(path.name + ".tmp").exists() and n_bytes == path.stat().st_size
+    def test_write_shard_members_index_and_atomic_name(self, tmp_path):
+        path = str(tmp_path / "s" / "shard-000000.tar")
+        samples = field_samples("tokens", [self._sample("aa"), self._sample("bb")], self.IDS)
+        samples[1]["tokens"] = np.arange(9 * 516, dtype=np.int16).reshape(9, 516)
+        n_bytes, sha = write_shard(path, "tokens", samples)
+        assert Path(path).exists() and not Path(path + ".tmp").exists() and n_bytes == Path(path).stat().st_size
         with tarfile.open(path) as tar:
-            names = tar.getnames()
-            assert names == ["aa.tokens.npy", "aa.feats.npy", "aa.json", "bb.tokens.npy", "bb.feats.npy", "bb.json"]
+            assert tar.getnames() == ["aa.tokens.npy", "aa.json", "bb.tokens.npy", "bb.json"]
             tokens = np.load(io.BytesIO(tar.extractfile("bb.tokens.npy").read()))
-            assert tokens.dtype == np.int16 and tokens.shape == (9, 516)
-            assert json.loads(tar.extractfile("aa.json").read())["key"] == "aa"
+            meta = json.loads(tar.extractfile("aa.json").read())
+        assert tokens.dtype == np.int16 and tokens.shape == (9, 516)
+        assert meta["key"] == "aa" and meta["codec_id"] == "c" and "features_id" not in meta
+        index = json.loads(Path(path + ".idx").read_text())
+        assert index["keys"] == ["aa", "bb"] and index["tar_bytes"] == n_bytes and index["sha256"] == sha
+        offset, dtype, shape = index["arrays"]["tokens.npy"][1]
+        raw = Path(path).read_bytes()[offset: offset + 9 * 516 * 2]
+        assert np.array_equal(np.frombuffer(raw, dtype=dtype).reshape(shape), tokens)  # the index points at the array
+        assert index["meta"] == {"n_frames": [500, 500], "tier": ["isolated", "isolated"]}
         # Same samples, same bytes (mtime 0, fixed member order).
-        assert write_tar(tmp_path / "t" / "shard-000000.tar", [self._sample("aa"), self._sample("bb")])[1] == sha
+        assert write_shard(str(tmp_path / "t" / "shard-000000.tar"), "tokens", samples)[1] == sha
 
-    def test_sink_groups_rolls_and_registers(self, tmp_path):
-        registered: list[tuple[ShardRow, list[str]]] = []
-        sink = ShardSink(tmp_path, ShardConfig(samples_per_shard=2), lambda row, keys: registered.append((row, keys)),
-                         ids={"codec_id": "c", "features_id": "f", "augment_id": "a"})
-        (tmp_path / "train" / "isolated").mkdir(parents=True)
-        (tmp_path / "train" / "isolated" / "shard-000004.tar.tmp").write_bytes(b"partial")
-        (tmp_path / "train" / "isolated" / "shard-000003.tar").write_bytes(b"")  # an earlier run's shard
-        assert sink.remove_partial() == 1
+    def test_sink_writes_aligned_field_sets_per_group(self, tmp_path):
+        registered = []
+        sink = ShardSink(tmp_path, ShardConfig(samples_per_shard=2), lambda *a: registered.append(a), ids=self.IDS)
         for i, split in enumerate(["train", "val", "train", "train", "val"]):
             sink.add(self._sample(f"k{i}", split=split))
         rows = sink.close()
-        assert sorted((r.split, r.n_samples) for r in rows) == [("train", 1), ("train", 2), ("val", 2)]
-        assert rows[0].path.endswith("train/isolated/shard-000004.tar")  # continues after existing index 3
-        assert sorted(k for _, keys in registered for k in keys) == [f"k{i}" for i in range(5)]
-        assert all(r.codec_id == "c" and r.features_id == "f" for r in rows)
+        assert sorted((r.kind, r.split, r.n_samples) for r in rows) == [
+            ("prompts", "train", 1), ("prompts", "train", 2), ("prompts", "val", 2),
+            ("tokens", "train", 1), ("tokens", "train", 2), ("tokens", "val", 2)]
+        tok = [r for r in rows if r.kind == "tokens"]
+        assert {r.path.split("/isolated/")[1] for r in tok} == {"tokens-c/shard-000000.tar", "tokens-c/shard-000001.tar"}
+        assert all(r.codec_id == "c" and not r.features_id for r in tok)
+        assert all(r.features_id == "f" and r.augment_id == "a" and "/prompts-f-a/" in r.path
+                   for r in rows if r.kind == "prompts")
+        by_group = {}
+        for row, keys, group in registered:
+            assert row.group_id == group.id
+            by_group.setdefault(group.id, []).append(keys)
+        assert all(len(v) == 2 and v[0] == v[1] for v in by_group.values()), "both field sets hold the same keys"
+
+    def test_partial_and_unregistered_files_are_removed(self, tmp_path):
+        folder = tmp_path / "train" / "isolated" / "tokens-c"
+        folder.mkdir(parents=True)
+        for name in ("shard-000004.tar.tmp", "shard-000003.tar", "shard-000003.tar.idx", "shard-000001.tar",
+                     "shard-000001.tar.idx", "notes.txt"):
+            (folder / name).write_bytes(b"x")
+        assert remove_partial(str(tmp_path)) == 1
+        assert remove_unregistered(str(tmp_path), {str(folder / "shard-000001.tar")}) == 1
+        assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "shard-000001.tar", "shard-000001.tar.idx"]
+
+
+class TestGroups:
+    """The group stages without Ray: prompts-only groups need no codec, new groups get both field sets."""
+
+    def _group(self, tmp_path, want_tokens, want_prompts, n=3):
+        excerpts = []
+        for i in range(n):
+            path = _wav(tmp_path / f"l{i}.wav", _loop(7.0, seed=i))
+            excerpts.append({"key": f"k{i}", "source": "s", "track": f"t{i}", "stem": "drums", "path": path,
+                             "split": "train", "tier": "isolated", "offset_s": 0.5, "duration_s": 6.0,
+                             "loudness_db": -20.0})
+        g = {"group_id": group_id("train", "isolated", 0), "split": "train", "tier": "isolated", "idx": 0,
+             "want_tokens": want_tokens, "want_prompts": want_prompts, "excerpts": excerpts}
+        return {k: np.asarray([v], dtype=object) for k, v in g.items()}
+
+    def _records(self, batch):
+        return [json.loads(r) for r in batch["record"]]
+
+    def test_new_group_gets_both_field_sets_then_prompts_only(self, tmp_path):
+        ids = {**TestShards.IDS, "codec_id": "dac-random-tiny-s0"}
+        prompts = PromptConfig(n_variants=2, features=RhythmFeatureConfig.release())
+        batch = group_prompts(self._group(tmp_path, True, True), prompts, chunk=2)
+        batch = GroupTokenizer(CodecConfig(size="tiny"), (), 6.0, 2)(batch)
+        recs = self._records(write_group(batch, str(tmp_path / "shards"), ids, "r"))
+        shards = [r for r in recs if "shard" in r]
+        assert [r["shard"]["kind"] for r in shards] == ["tokens", "prompts"] and recs[-1] == {"done": batch["group_id"][0]}
+        assert all(r["keys"] == ["k0", "k1", "k2"] for r in shards)
+        # a second features config for the same group: only prompts, no codec involved
+        ids2 = {**ids, "features_id": "f2"}
+        batch = group_prompts(self._group(tmp_path, False, True), prompts, chunk=2)
+        assert "tokens" not in batch
+        recs = self._records(write_group(batch, str(tmp_path / "shards"), ids2, "r"))
+        assert [r["shard"]["kind"] for r in recs if "shard" in r] == ["prompts"]
+        assert (tmp_path / "shards/train/isolated/prompts-f2-a/shard-000000.tar").exists()
+
+    def test_existing_group_with_a_failing_excerpt_keeps_lacking_the_field_set(self, tmp_path):
+        batch = self._group(tmp_path, False, True)
+        Path(batch["excerpts"][0][1]["path"]).write_bytes(b"not audio")
+        batch = group_prompts(batch, PromptConfig(n_variants=1, features=RhythmFeatureConfig.release()), chunk=4)
+        recs = self._records(write_group(batch, str(tmp_path / "shards"), TestShards.IDS, "r"))
+        assert not [r for r in recs if "shard" in r], "a field set missing a key would break the zip"
+        assert [r["reject"]["item"] for r in recs if "reject" in r] == ["k1"]

@@ -56,21 +56,43 @@ def write_shard(path: Path, keys: list[str], tier: str = "isolated", frames: int
     return path
 
 
-def make_shards(root: Path, sizes: list[int], prefix: str = "s", tier: str = "isolated") -> list[ShardSpec]:
-    paths, n = [], 0
+def write_fields(root: Path, i: int, keys: list[str], tier: str = "isolated", frames: int = T) -> ShardSpec:
+    """The same samples as ``write_shard``, as the pipeline writes them: a token tar and a prompt tar of one
+    group (same keys, same order), each with its index."""
+    from pipelines.stages.shard import write_shard
+
+    tok, prm = root / "tokens-c" / f"shard-{i:06d}.tar", root / "prompts-f-a" / f"shard-{i:06d}.tar"
+    tokens = [{"key": k, "tokens": np.full((9, frames), int(k.rsplit("_", 1)[1]), dtype=np.int16),
+               "flac": b"not really flac, never read", "meta": {"key": k, "tier": tier, "n_frames": frames - 1}}
+              for k in keys]
+    feats = np.stack([np.full((N_BANDS, frames), v / 10) for v in range(N_VARIANTS)]).astype(np.float16)
+    prompts = [{"key": k, "feats": feats, "meta": {"key": k}} for k in keys]
+    _, sha = write_shard(str(tok), "tokens", tokens)
+    _, prompts_sha = write_shard(str(prm), "prompts", prompts)
+    return ShardSpec(str(tok), len(keys), sha, prompts=str(prm), prompts_sha256=prompts_sha)
+
+
+def make_shards(root: Path, sizes: list[int], prefix: str = "s", tier: str = "isolated",
+                layout: str = "tar") -> list[ShardSpec]:
+    """``layout``: "tar" (tokens and features in one tar, no index) or "fields" (the pipeline's field sets)."""
+    paths, specs, n = [], [], 0
     for i, size in enumerate(sizes):
         keys = [f"{prefix}{i}_{n + j}" for j in range(size)]
         n += size
-        paths.append(str(write_shard(root / f"shard-{i:06d}.tar", keys, tier)))
-    return scan_shards(paths, checksum=True)
+        if layout == "fields":
+            specs.append(write_fields(root, i, keys, tier))
+        else:
+            paths.append(str(write_shard(root / f"shard-{i:06d}.tar", keys, tier)))
+    return specs if layout == "fields" else scan_shards(paths, checksum=True)
 
 
 SIZES = [7, 10, 13, 5, 10, 9]  # 54 samples, uneven on purpose
 
 
-@pytest.fixture
-def shards(tmp_path: Path) -> list[ShardSpec]:
-    return make_shards(tmp_path / "train", SIZES)
+@pytest.fixture(params=["tar", "fields"])
+def shards(tmp_path: Path, request) -> list[ShardSpec]:
+    """Every reader test runs on one-tar shards (header walk) and on zipped field sets (index)."""
+    return make_shards(tmp_path / "train", SIZES, layout=request.param)
 
 
 def all_keys(specs: list[ShardSpec]) -> list[str]:
@@ -316,8 +338,9 @@ class TestCorruption:
             data = data[: len(data) // 2 + 100]
         else:  # scramble the tar header of one member in the middle: tarfile then sees an end of archive
             with tarfile.open(bad) as tar:
-                offset = next(m.offset for m in tar.getmembers() if m.name == "s2_22.feats.npy")
+                offset = next(m.offset for m in tar.getmembers() if m.name.startswith("s2_22."))
             data[offset : offset + 512] = bytes(b ^ 0x5A for b in data[offset : offset + 512])
+            Path(f"{bad}.idx").unlink(missing_ok=True)  # an index would not need the header: walk them
         bad.write_bytes(bytes(data))
         with caplog.at_level(logging.WARNING, logger="tria.data"):
             keys = sum(global_steps(shards, world=1, batch=4), [])
@@ -443,9 +466,40 @@ class TestMemoryAndMixing:
             ShardDataset(a + [ShardSpec(b[0].url, 5)], cfg)
 
 
+class TestFieldSets:
+    def test_index_and_header_walk_read_the_same(self, tmp_path):
+        specs = make_shards(tmp_path, SIZES, layout="fields")
+        cfg = ReaderConfig(batch_size=4, shuffle_buffer=16, drop_last=False)
+        fast = [(b["keys"], b["tokens"], b["feats"], b["lengths"]) for b in ShardDataset(specs, cfg)]
+        for idx in tmp_path.rglob("*.idx"):
+            idx.unlink()
+        slow = [(b["keys"], b["tokens"], b["feats"], b["lengths"]) for b in ShardDataset(specs, cfg)]
+        assert len(fast) == len(slow) == math.ceil(54 / 4)
+        for a, b in zip(fast, slow):
+            assert a[0] == b[0] and all(torch.equal(x, y) for x, y in zip(a[1:], b[1:]))
+
+    def test_stale_index_is_not_trusted(self, tmp_path):
+        stale = Path(make_shards(tmp_path, [6], layout="fields")[0].url + ".idx").read_text()
+        # the same path rewritten (same size: tar pads members to 512 bytes), and registered again
+        spec = write_fields(tmp_path, 0, [f"s0_{i}" for i in range(6)], frames=T + 3)
+        Path(spec.url + ".idx").write_text(stale)  # but beside it an index of the old file
+        cfg = ReaderConfig(batch_size=6, shuffle=False, drop_last=False)
+        batch = next(iter(ShardDataset([spec], cfg)))
+        assert batch["tokens"].shape[-1] == T + 3 and batch["lengths"].tolist() == [T + 2] * 6
+
+    def test_misaligned_prompt_shard_is_skipped_with_warning(self, tmp_path, caplog):
+        good, bad = make_shards(tmp_path / "a", [4, 4], layout="fields")
+        other = write_fields(tmp_path / "b", 0, ["s1_5", "s1_4", "s1_6", "s1_7"])  # same keys, another order
+        specs = [good, ShardSpec(bad.url, 4, prompts=other.prompts)]
+        with caplog.at_level(logging.WARNING, logger="tria.data"):
+            keys = sum(global_steps(specs, world=1, batch=2, shuffle=False, interleave=1), [])
+        assert keys == ["s0_0", "s0_1", "s0_2", "s0_3"]
+        assert any("not aligned" in r.getMessage() for r in caplog.records)
+
+
 class TestInputs:
     def test_pyarrow_uri_reads_like_a_path(self, shards):
-        uris = [ShardSpec(f"file://{s.url}", s.n_samples) for s in shards]
+        uris = [ShardSpec(f"file://{s.url}", s.n_samples, prompts=s.prompts and f"file://{s.prompts}") for s in shards]
         cfg = ReaderConfig(batch_size=4, shuffle_buffer=16, drop_last=False)
         assert [b["keys"] for b in ShardDataset(uris, cfg)] == [b["keys"] for b in ShardDataset(shards, cfg)]
 

@@ -131,8 +131,10 @@ class TestCurriculum:
 
 
 def test_no_matching_shards_is_a_clear_error(corpus):
-    with pytest.raises(ValueError, match="Run the pipeline with the same codec and feature settings"):
+    with pytest.raises(ValueError, match="no prompt set matches the requested features config .*features_id=feat-"):
         Trainer(load_train_config(str(train_yaml(corpus, "bad")), ["features.n_bands=3"]))
+    with pytest.raises(ValueError, match="no 'train' token shards .* Run the pipeline with the same codec"):
+        Trainer(load_train_config(str(train_yaml(corpus, "bad")), ["codec.seed=7"]))
 
 
 def test_bad_config_key_is_rejected(corpus, capsys):
