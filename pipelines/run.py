@@ -289,6 +289,8 @@ def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, groups: l
     a run that only adds prompts loads no codec.
     """
     cat.start_stage(run_id, "shard")
+    # Any other worker exception reaches the driver as itself, not wrapped in Ray's UserCodeException.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     ds = ray.data.from_items(groups, override_num_blocks=max(1, len(groups)))
     want_prompts = any(g["want_prompts"] for g in groups)
     want_tokens = any(g["want_tokens"] for g in groups)
@@ -309,21 +311,22 @@ def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, groups: l
                         **task_args(cfg.ray.shard_write))
     written: list[ShardRow] = []
     rejects: list[RejectRow] = []
-    try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for record in batch["record"]:
-                r = json.loads(record)
-                if "shard" in r:  # one shard, one transaction: an interrupted run keeps what it registered
-                    row = ShardRow.from_dict(r["shard"])
-                    cat.register_shard(row, r["keys"], ShardGroupRow.from_dict(r["group"]))
-                    written.append(row)
-                elif "reject" in r:
-                    rejects.append(RejectRow.from_dict(r["reject"]))
-    except Exception as e:
-        cause = _write_error(e)
-        if cause is None:
-            raise
-        raise cause from e  # "cannot write shard PATH (...): No space left on device", not a Ray traceback
+    failed: list[dict[str, Any]] = []  # groups a worker could not write (full disk, refused upload)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for record in batch["record"]:
+            r = json.loads(record)
+            if "shard" in r:  # one shard, one transaction: an interrupted run keeps what it registered
+                row = ShardRow.from_dict(r["shard"])
+                cat.register_shard(row, r["keys"], ShardGroupRow.from_dict(r["group"]))
+                written.append(row)
+            elif "reject" in r:
+                rejects.append(RejectRow.from_dict(r["reject"]))
+            elif "write_error" in r:
+                failed.append(r["write_error"])
+    if failed:  # every group that was written is registered; the next run writes the others
+        cat.upsert(rejects)
+        more = f" (and {len(failed) - 1} more shard group(s) not written)" if len(failed) > 1 else ""
+        raise OSError(failed[0]["errno"], failed[0]["message"] + more)
     cat.upsert(rejects)
     cat.finish_stage(run_id, "shard", n_in=sum(len(g["excerpts"]) for g in groups),
                      n_out=sum(r.n_samples for r in written), n_rejected=len(rejects))
@@ -335,20 +338,6 @@ def tokenize_pool(cfg: RayConfig) -> ActorPoolConfig:
     if cfg.tokenize_actors is None:
         return cfg.tokenize
     return replace(cfg.tokenize, min_actors=cfg.tokenize_actors, max_actors=cfg.tokenize_actors)
-
-
-def _write_error(e: BaseException) -> OSError | None:
-    """The worker's "cannot write shard" OSError inside a Ray task error (full disk, refused upload)."""
-    todo, seen = [e], set()
-    while todo:
-        x = todo.pop()
-        if x is None or id(x) in seen:
-            continue
-        seen.add(id(x))
-        if isinstance(x, OSError) and "cannot write shard" in str(x):
-            return OSError(x.errno, x.strerror) if x.strerror else x
-        todo += [getattr(x, "cause", None), x.__cause__, x.__context__]
-    return None
 
 
 def _n_blocks(n_items: int, batch_size: int) -> int:

@@ -9,7 +9,8 @@ stage below wraps an excerpt-batch callable and applies it to a group in chunks:
 * :class:`GroupTokenizer` (actor, one codec each): the excerpt audio -> ``Tokenizer`` -> ``tokens``
   (n, 9, T) int16 and the FLAC bytes of listening splits;
 * :func:`write_group` (task): writes the wanted field sets of the group (``shard.write_group_field``)
-  and returns only catalogue records (JSON): the shard rows with their keys, and the rejects.
+  and returns only catalogue records (JSON): the shard rows with their keys, the rejects, and a
+  ``write_error`` for a group it could not write (its partial files removed).
 
 A group that needs only prompts never reaches a codec, and one that needs only tokens is not featurised.
 Every stage emits the same columns for every group (empty when a field set is not wanted), so blocks
@@ -119,7 +120,11 @@ def write_group(batch: dict[str, Any], root: str, ids: dict[str, str], run_id: s
     """Writes the wanted field sets of each group; returns ``record`` rows (JSON) for the driver."""
     records: list[str] = []
     for g in _rows(batch):  # every group ends with a "done" record: no block is empty
-        records += _write_one(g, root, ids, run_id) + [json.dumps({"done": str(g["group_id"])})]
+        try:
+            records += _write_one(g, root, ids, run_id)
+        except OSError as e:  # nothing of the group stays; the driver registers the others, then fails
+            records.append(json.dumps({"write_error": {"errno": e.errno, "message": str(e.strerror or e)}}))
+        records.append(json.dumps({"done": str(g["group_id"])}))
     return {"record": np.asarray(records, dtype=object)}
 
 
