@@ -133,3 +133,17 @@ def test_mel_distance():
     assert 0 < near < far
     with pytest.raises(ValueError, match="at least"):
         mel_distance(x[:100], x[:100], SR)
+
+
+def test_named_weights_load_by_name_and_by_codec_id(tmp_path, monkeypatch):
+    import tria.codec as tc
+
+    path = Codec.load("random", size="tiny", quiet=True).save(tmp_path / "named.pth")
+    monkeypatch.setitem(tc.NAMED_WEIGHTS, "test-kit", path)
+    cid = codec_id("test-kit")
+    assert cid.startswith("dac-test-kit-") and cid != codec_id(path)
+    codec = Codec.load("test-kit", quiet=True)
+    assert codec.config_id == cid and "not the official DAC" in codec.description
+    assert tc.codec_from_id(cid).config_id == cid  # a checkpoint's codec_id finds the shipped file, no path
+    with pytest.raises(ValueError, match="another version"):
+        tc.codec_from_id("dac-test-kit-0000000000")
