@@ -6,6 +6,10 @@ Weights, chosen by ``Codec.load(weights=...)``:
   cache (``~/.cache/descript/dac``). Needs the internet once.
 * a path: a DAC weights file (``{"state_dict", "metadata": {"kwargs"}}``, as ``DAC.save`` writes or
   :meth:`Codec.save` writes). Loaded with ``weights_only=True``.
+* a name from :data:`NAMED_WEIGHTS`: a weights file shipped with the project, e.g. ``"demo-drums"``
+  (``tria/weights/dac_demo_drums.pth``: a small DAC trained here on the demo's Hydrogen kits; see
+  ``tria/weights/README.md``). Its ``codec_id`` is ``dac-<name>-<digest>``, so a checkpoint trained
+  on its tokens finds it again with no path.
 * ``"random"``: the same architecture with a seeded random init. Tokens from it are not
   meaningful audio codes; it exists so tests and offline demos run the real code path.
 
@@ -37,6 +41,9 @@ N_CODEBOOKS = 9
 CODEBOOK_SIZE = 1024
 TARGET_RMS_DB = -16.0  # the authors' tokenizer normalises RMS (not LUFS) to -16 dBFS
 OFFICIAL_ID = "dac-44khz-8kbps-0.0.1"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+# Weights files shipped in the repository, by name (``codec.weights=<name>``).
+NAMED_WEIGHTS = {"demo-drums": WEIGHTS_DIR / "dac_demo_drums.pth"}
 
 # Architecture of the official 44 kHz 8 kbps model, and a small one with the same token layout.
 DAC_KWARGS = {
@@ -100,6 +107,10 @@ class Codec:
             if weights == "official":
                 path = cls._download_official()
                 config_id, what = OFFICIAL_ID, f"official DAC 44kHz 8kbps weights ({path})"
+            elif weights in NAMED_WEIGHTS:
+                path = NAMED_WEIGHTS[weights]
+                config_id = codec_id(weights)
+                what = f"the shipped {weights!r} DAC weights ({path}; trained here, not the official DAC)"
             else:
                 path = Path(weights)
                 config_id, what = codec_id(path), f"DAC weights from {path}"
@@ -202,7 +213,7 @@ class Codec:
 class CodecConfig:
     """Which codec a pipeline or trainer uses (see :meth:`Codec.load`)."""
 
-    weights: str = "random"  # "official" | "random" | a path
+    weights: str = "random"  # "official" | "random" | a NAMED_WEIGHTS name ("demo-drums") | a path
     size: str = "full"  # "tiny" for tests and CPU demos
     seed: int = 0
     device: str = "auto"  # "auto": cuda when available
@@ -233,6 +244,8 @@ def codec_id(weights: str | os.PathLike, size: str = "full", seed: int = 0) -> s
         return f"dac-random-{size}-s{seed}"
     if weights == "official":
         return OFFICIAL_ID
+    if weights in NAMED_WEIGHTS:
+        return f"dac-{weights}-{_file_digest(NAMED_WEIGHTS[weights])}"
     return f"dac-file-{_file_digest(Path(weights))}"
 
 
@@ -278,6 +291,8 @@ def codec_from_id(codec_id: str, path: str | os.PathLike | None = None,
     * ``"dac-random-<size>-s<seed>"``: the seeded random init of that size (no file needed).
     * ``"dac-44khz-8kbps-0.0.1"``: the official weights; from ``path`` when given (a local copy,
       for machines without internet), else through DAC's download cache.
+    * ``"dac-<name>-<digest>"``: the shipped weights :data:`NAMED_WEIGHTS` ``[name]``, whose digest
+      must equal ``<digest>`` (``path`` is not needed).
     * ``"dac-file-<digest>"``: the weights file ``path``, whose digest must equal ``<digest>``, so a
       model is never decoded with a codec other than the one its tokens came from.
 
@@ -301,6 +316,13 @@ def codec_from_id(codec_id: str, path: str | os.PathLike | None = None,
         codec.model.to(device)
         print(f"[tria.codec] using {codec.description} [codec_id={codec.config_id}]", flush=True)
         return codec
+    for name in NAMED_WEIGHTS:
+        if cid.startswith(f"dac-{name}-"):
+            have = _id_of_weights(name)
+            if have != cid:
+                raise ValueError(f"the shipped {name!r} codec weights have id {have}, but the checkpoint needs {cid}: "
+                                 "its tokens came from another version of that file")
+            return Codec.load(name, device=device)
     if cid.startswith("dac-file-"):
         if path is None:
             raise ValueError(f"codec {cid} is a weights file: pass that file (--codec-weights PATH)")
@@ -309,5 +331,6 @@ def codec_from_id(codec_id: str, path: str | os.PathLike | None = None,
             raise ValueError(f"codec weights {path} have id {have}, but the checkpoint needs {cid}: "
                              "a different codec than the one its tokens came from")
         return Codec.load(path, device=device)
-    raise ValueError(f"unknown codec id {cid!r} (expected 'dac-random-<size>-s<seed>', {OFFICIAL_ID!r} "
+    names = ", ".join(f"'dac-{n}-<digest>'" for n in NAMED_WEIGHTS)
+    raise ValueError(f"unknown codec id {cid!r} (expected 'dac-random-<size>-s<seed>', {OFFICIAL_ID!r}, {names} "
                      "or 'dac-file-<digest>')")

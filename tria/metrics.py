@@ -46,6 +46,7 @@ __all__ = [
     "onset_f1",
     "feature_correlation",
     "rhythm_correlation",
+    "mel_distance",
     "Embedder",
     "EmbedderUnavailable",
     "SpectralEmbedder",
@@ -284,6 +285,42 @@ def onset_f1(reference: np.ndarray | Sequence[float], estimated: np.ndarray | Se
     p, r = n / est.size, n / ref.size
     f = 0.0 if p + r == 0 else 2 * p * r / (p + r)
     return OnsetScores(p, r, f, int(ref.size), int(est.size), n)
+
+
+# ----------------------------------------------------------------------------------------------
+# Codec reconstruction: multi-scale mel distance
+
+MEL_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048)
+MEL_BANDS = (5, 10, 20, 40, 80, 160, 320)
+
+
+def mel_distance(reference: np.ndarray | torch.Tensor, estimate: np.ndarray | torch.Tensor, sample_rate: int,
+                 windows: Sequence[int] = MEL_WINDOWS, n_mels: Sequence[int] = MEL_BANDS,
+                 clamp_eps: float = 1e-5) -> float:
+    """Multi-scale mel distance between two clips (lower is closer; 0 for identical clips).
+
+    The reconstruction metric of DAC's 44 kHz training config (``MelSpectrogramLoss`` with
+    ``mag_weight=0``): for each (window, bands) pair, a Hann STFT with hop window/4, Slaney mel
+    filters (:func:`tria.features.mel_filterbank`, equal to librosa's), and the mean absolute
+    difference of ``log10(max(mel, clamp_eps))``; summed over the 7 scales. The clips are
+    mono-mixed and cut to the shorter one; no level normalisation happens here.
+    """
+    x = torch.as_tensor(_mono_at(reference, sample_rate, sample_rate, "mel_distance"), dtype=torch.float32)
+    y = torch.as_tensor(_mono_at(estimate, sample_rate, sample_rate, "mel_distance"), dtype=torch.float32)
+    n = min(x.numel(), y.numel())
+    if n < max(windows):
+        raise ValueError(f"mel_distance needs at least {max(windows)} samples, got {n}")
+    x, y = x[:n], y[:n]
+    total = 0.0
+    for win, bands in zip(windows, n_mels, strict=True):
+        fb = torch.from_numpy(mel_filterbank(sample_rate, win, bands))
+        mels = []
+        for z in (x, y):
+            spec = torch.stft(z, n_fft=win, hop_length=win // 4, window=torch.hann_window(win), center=True,
+                              pad_mode="reflect", return_complex=True).abs()  # (bins, frames)
+            mels.append(torch.log10((fb @ spec).clamp_min(clamp_eps)))
+        total += float((mels[0] - mels[1]).abs().mean())
+    return total
 
 
 # ----------------------------------------------------------------------------------------------

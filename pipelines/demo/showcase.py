@@ -6,6 +6,10 @@
 Timbre prompts are loops of two different kits from the catalogue's held-out splits (val, then test,
 then train); rhythm prompts are the corpus' gestures (clicks, claps, mouth-like bursts, knocks). A
 second run with the same checkpoint reuses the wavs it finds.
+
+For every output it prints the evaluation harness's onset F1 (tria.metrics) against its own rhythm
+prompt, and, as a control, against another showcase prompt (the next gesture): a model that follows
+its prompt scores clearly higher on its own. The scores are kept in ``<out>/scores.json``.
 """
 
 from __future__ import annotations
@@ -76,6 +80,39 @@ def pick_gestures(corpus: Path, n: int = 2) -> list[Path]:
     return out[:n]
 
 
+def rhythm_scores(outputs: list[dict]) -> list[dict]:
+    """Onset F1 of each output against its own rhythm prompt and against the next output's (control).
+
+    ``outputs``: dicts with ``name``, ``prompt`` (its rhythm prompt, (N,) at 44.1 kHz, cut to the
+    output's length) and ``audio`` ((N,) at 44.1 kHz). Needs prompts of at least two gestures.
+    """
+    from tria.metrics import detect_onsets, onset_f1
+
+    prompts = {o["gesture"]: o["prompt"] for o in outputs}
+    order = sorted(prompts)
+    if len(order) < 2:
+        raise ValueError("the control needs at least two different rhythm prompts")
+    rows = []
+    for o in outputs:
+        other = order[(order.index(o["gesture"]) + 1) % len(order)]
+        est = detect_onsets(o["audio"], SR)
+        n = len(o["audio"])
+        own = onset_f1(detect_onsets(o["prompt"][:n], SR), est).f1
+        control = onset_f1(detect_onsets(prompts[other][:n], SR), est).f1
+        rows.append({"name": o["name"], "own_prompt_f1": round(own, 4), "control_prompt": other,
+                     "control_f1": round(control, 4)})
+    return rows
+
+
+def print_scores(rows: list[dict]) -> None:
+    print("  rhythm adherence (onset F1, tria.metrics): output vs its own rhythm prompt | vs another prompt")
+    for r in rows:
+        print(f"    {r['name']:<48} own {r['own_prompt_f1']:.3f} | control {r['control_f1']:.3f}")
+    own = float(np.mean([r["own_prompt_f1"] for r in rows]))
+    control = float(np.mean([r["control_f1"] for r in rows]))
+    print(f"    mean: own {own:.3f}, control {control:.3f} (difference {own - control:+.3f})")
+
+
 def plot(rows: list[tuple[str, np.ndarray, np.ndarray]], path: Path, hop_s: float) -> Path:
     """One row per generation: rhythm features of the prompt (top) and of the result (bottom)."""
     import matplotlib
@@ -122,13 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     done = args.out / ".checkpoint"
     timbres, gestures = pick_timbres(args.catalogue), pick_gestures(args.corpus)
     names = [f"{g.stem}__{t['kit'].replace(' ', '_')}" for g in gestures for t in timbres]
-    if done.exists() and done.read_text() == stamp and all((args.out / f"{n}.wav").exists() for n in names):
+    scores_path = args.out / "scores.json"
+    if done.exists() and done.read_text() == stamp and scores_path.exists() \
+            and all((args.out / f"{n}.wav").exists() for n in names):
         print(f"reusing the generated drums in {args.out} (same checkpoint)")
+        print_scores(json.loads(scores_path.read_text()))
         return 0
 
     loaded = load_for_generation(args.checkpoint)  # model, its codec and feature config, checked together
     sampler = SamplerConfig.app()
-    rows = []
+    rows, outputs = [], []
     frame_s = 1.0
     for g in gestures:
         rhythm, _ = load_audio(g, sample_rate=SR)
@@ -143,9 +183,13 @@ def main(argv: list[str] | None = None) -> int:
             # the features generation used (prompt) and those of its output, both on the codec's frames
             rows.append((f"{g.stem} x {t['kit']}", info["prompt_feats"], info["result_feats"][0]))
             frame_s = 1.0 / info["frame_rate"]
+            outputs.append({"name": name, "gesture": g.stem, "prompt": rhythm[0], "audio": audio[0]})
             print(f"  {path}  ({audio.shape[-1] / SR:.1f} s; rhythm {g.name}, kit {t['kit']})")
     png = plot(rows, args.out / "rhythm_features.png", frame_s)
     print(f"  {png}")
+    scores = rhythm_scores(outputs)
+    scores_path.write_text(json.dumps(scores, indent=1))
+    print_scores(scores)
     done.write_text(stamp)
     return 0
 
