@@ -6,10 +6,10 @@ Weights, chosen by ``Codec.load(weights=...)``:
   cache (``~/.cache/descript/dac``). Needs the internet once.
 * a path: a DAC weights file (``{"state_dict", "metadata": {"kwargs"}}``, as ``DAC.save`` writes or
   :meth:`Codec.save` writes). Loaded with ``weights_only=True``.
-* a name from :data:`NAMED_WEIGHTS`: a weights file shipped with the project, e.g. ``"demo-drums"``
-  (``tria/weights/dac_demo_drums.pth``: a small DAC trained here on the demo's Hydrogen kits; see
-  ``tria/weights/README.md``). Its ``codec_id`` is ``dac-<name>-<digest>``, so a checkpoint trained
-  on its tokens finds it again with no path.
+* a name from :data:`NAMED_WEIGHTS`: a weights file shipped with the project (none yet; the demo
+  codec trained by ``python -m tria.codec_train conf/codec/demo_drums.yaml`` is meant to become
+  ``"demo-drums"``). Its ``codec_id`` is ``dac-<name>-<digest>``, so a checkpoint trained on its
+  tokens finds it again with no path.
 * ``"random"``: the same architecture with a seeded random init. Tokens from it are not
   meaningful audio codes; it exists so tests and offline demos run the real code path.
 
@@ -42,8 +42,10 @@ CODEBOOK_SIZE = 1024
 TARGET_RMS_DB = -16.0  # the authors' tokenizer normalises RMS (not LUFS) to -16 dBFS
 OFFICIAL_ID = "dac-44khz-8kbps-0.0.1"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-# Weights files shipped in the repository, by name (``codec.weights=<name>``).
-NAMED_WEIGHTS = {"demo-drums": WEIGHTS_DIR / "dac_demo_drums.pth"}
+# Weights files shipped in the repository, by name (``codec.weights=<name>``). None ships yet: the demo
+# codec (conf/codec/demo_drums.yaml, to become "demo-drums" -> WEIGHTS_DIR / "dac_demo_drums.pth") has not
+# reached its reconstruction goal (issue 16), and a name must not point at a file that is not there.
+NAMED_WEIGHTS: dict[str, Path] = {}
 
 # Architecture of the official 44 kHz 8 kbps model, and a small one with the same token layout.
 DAC_KWARGS = {
@@ -213,7 +215,7 @@ class Codec:
 class CodecConfig:
     """Which codec a pipeline or trainer uses (see :meth:`Codec.load`)."""
 
-    weights: str = "random"  # "official" | "random" | a NAMED_WEIGHTS name ("demo-drums") | a path
+    weights: str = "random"  # "official" | "random" | a NAMED_WEIGHTS name | a path
     size: str = "full"  # "tiny" for tests and CPU demos
     seed: int = 0
     device: str = "auto"  # "auto": cuda when available
