@@ -42,18 +42,25 @@ def pipeline_yaml(root: Path, audio: Path, mix: bool = False, per_shard: int = 4
 
 
 def read_shards(shard_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
-    """key -> (tokens, feats) over the complete shards under ``shard_dir``, and every key read (repeats kept)."""
+    """key -> (tokens, feats) over the complete field sets under ``shard_dir`` (each token shard zipped with
+    the prompt shard of its group, beside it), and every key read from the token shards (repeats kept)."""
     samples, keys = {}, []
-    for path in sorted(shard_dir.rglob("*.tar")):
-        with tarfile.open(path) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for name in members:
+    for path in sorted(shard_dir.rglob("tokens-*/shard-*.tar")):
+        [prompts] = sorted(path.parent.parent.glob(f"prompts-*/{path.name}"))
+        tokens, feats = _members(path), _members(prompts)
+        assert [n for n in tokens if n.endswith(".json")] == [n for n in feats if n.endswith(".json")], path
+        for name in tokens:
             if name.endswith(".json"):
-                key = json.loads(members[name])["key"]
+                key = json.loads(tokens[name])["key"]
                 keys.append(key)
-                samples[key] = (np.load(io.BytesIO(members[f"{name[:-5]}.tokens.npy"])),
-                                np.load(io.BytesIO(members[f"{name[:-5]}.feats.npy"])))
+                samples[key] = (np.load(io.BytesIO(tokens[f"{name[:-5]}.tokens.npy"])),
+                                np.load(io.BytesIO(feats[f"{name[:-5]}.feats.npy"])))
     return samples, keys
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
 
 
 @contextlib.contextmanager

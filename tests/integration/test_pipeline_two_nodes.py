@@ -60,10 +60,12 @@ def _check_catalogue(root: Path) -> set[str]:
     assert len(keys) == len(set(keys)), f"duplicated: {[k for k, n in Counter(keys).items() if n > 1]}"
     with Catalogue(root / "data" / "catalogue.duckdb", read_only=True) as cat:
         excerpts = {r[0] for r in cat.execute("SELECT excerpt_id FROM excerpts").rows}
-        linked = cat.execute("SELECT excerpt_id FROM shard_excerpts se JOIN shards s USING (shard_id) "
-                             "WHERE s.status = 'ok'").rows
+        linked = {kind: [r[0] for r in cat.execute(
+            "SELECT excerpt_id FROM shard_excerpts se JOIN shards s USING (shard_id) WHERE s.status = 'ok' "
+            "AND s.kind = ?", [kind]).rows] for kind in ("tokens", "prompts")}
         runs = cat.execute("SELECT status FROM pipeline_runs").rows
-    assert sorted(r[0] for r in linked) == sorted(excerpts) == sorted(samples), "nothing lost, nothing twice"
+    assert sorted(linked["tokens"]) == sorted(linked["prompts"]) == sorted(excerpts) == sorted(samples), \
+        "nothing lost, nothing twice"
     assert runs and all(r == ("done",) for r in runs), runs
     assert not list((root / "data" / "shards").rglob("*.tmp"))
     return set(samples)
@@ -113,7 +115,7 @@ def test_remove_the_codec_node_mid_run(cluster, corpus, clean_run, tmp_path):
         n_before = len(list(shard_dir.rglob("shard-*.tar")))
         assert proc.poll() is None and n_before, "the run must be in its shard stage, not finished"
         c.remove_node(node, allow_graceful=False)  # the codec node dies: its actor and batches with it
-        replacement = add_node(**GPU_NODE)
+        add_node(**GPU_NODE)
         out, _ = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
@@ -122,7 +124,7 @@ def test_remove_the_codec_node_mid_run(cluster, corpus, clean_run, tmp_path):
     keys = _check_catalogue(root)
     assert len(keys) == 6 and keys < _check_catalogue(clean_run[0]), "the clean run's samples, less the mix"
     assert len(list(shard_dir.rglob("shard-*.tar"))) > n_before, "the rest was written after the node went"
-    actors = [a for a in _actors(c.gcs_address) if a.job_id != clean_run[2][0].job_id]
-    nodes = {a.node_id for a in actors}
-    assert replacement.node_id in nodes or any(a.num_restarts for a in actors), \
-        "the codec actor was restarted on the replacement node"
+    # Whether a codec actor restarts on the replacement depends on timing: a shard group is written only
+    # after it was encoded, so by the time the first shard file appears the codec actors may have encoded
+    # every group already. What must hold whatever the timing is asserted above: the node went mid-run
+    # and the job finished with every excerpt in exactly one shard.
