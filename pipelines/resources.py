@@ -26,15 +26,15 @@ without one, or a CPU build of torch) falls back to the CPU and says so in the a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import torch
 
 from tria.codec import resolve_device
 
-__all__ = ["ActorPoolConfig", "PoolPlan", "TaskConfig", "PROMPTS_ON", "actor_device", "plan_pool",
-           "prompts_on_codec_actors", "task_args"]
+__all__ = ["ActorPoolConfig", "PoolPlan", "ShardStagePlan", "TaskConfig", "PROMPTS_ON", "actor_device", "plan_pool",
+           "plan_shard_stages", "prompts_on_codec_actors", "task_args"]
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,58 @@ def prompts_on_codec_actors(mode: str, codec_plan: PoolPlan) -> bool:
     if mode not in PROMPTS_ON:
         raise ValueError(f"ray.prompts_on must be one of {', '.join(PROMPTS_ON)}, got {mode!r}")
     return mode == "codec_actors" or (mode == "auto" and codec_plan.uses_gpu)
+
+
+@dataclass(frozen=True)
+class ShardStagePlan:
+    """Where the shard stage's work runs: the codec pool (None when no tokens are made), whether the
+    prompts run on its actors, and what each shard-writing task asks for."""
+
+    codec: PoolPlan | None
+    prompts_on_actors: bool
+    writer: TaskConfig
+    notes: tuple[str, ...] = ()
+
+
+def plan_shard_stages(codec: PoolPlan | None, cluster: Mapping[str, float], prompts_mode: str, want_prompts: bool,
+                      writer: TaskConfig, pool_from_cluster: bool) -> ShardStagePlan:
+    """Fit the shard stage's three kinds of work (prompts, codec, writes) onto the cluster's CPUs together.
+
+    A CPU codec actor holds its CPU for the whole stage. Sized by :func:`plan_pool` alone, the pool may
+    grow to every CPU of the cluster, and then the prompt and shard-writing tasks it depends on never get
+    one: the run hangs (seen on a cluster of 1-CPU nodes). So, on a CPU-only codec pool:
+
+    * a pool sized from the cluster (``pool_from_cluster``: no ``max_actors`` set) leaves one CPU free
+      for the tasks, whenever the cluster has a CPU to spare (1 actor at least);
+    * where the codec actors may still hold every CPU (a 1-CPU cluster, or a pool sized by hand), the
+      prompts run on the codec actors ("auto") and the writing tasks ask for no CPU (they pack a tar
+      and write it: I/O, not compute), so that nothing waits for a CPU that never comes free.
+
+    Each change is returned as a note that the driver prints.
+    """
+    notes: list[str] = []
+    on_actors = codec is not None and want_prompts and prompts_on_codec_actors(prompts_mode, codec)
+    if codec is None or codec.uses_gpu or not codec.num_cpus:
+        return ShardStagePlan(codec, on_actors, writer)
+    cpus, per_actor = float(cluster.get("CPU", 0)), float(codec.num_cpus)
+    if pool_from_cluster and codec.max_size * per_actor > cpus - 1:
+        spare = max(1, math.floor((cpus - 1) / per_actor + 1e-9))
+        if spare < codec.max_size:
+            codec = replace(codec, min_size=min(codec.min_size, spare), max_size=spare)
+            notes.append(f"[tokenize] the codec pool stops at {spare} actor(s) so that 1 of the cluster's {cpus:g} "
+                         "CPUs stays free for the prompt and shard-writing tasks")
+    free = cpus - codec.max_size * per_actor
+    if free < 1:
+        if want_prompts and not on_actors and prompts_mode == "auto":
+            on_actors = True
+            notes.append(f"[prompts] the codec actors may hold all {cpus:g} CPUs: the prompts run on them")
+        if want_prompts and not on_actors:
+            notes.append(f"[prompts] warning: ray.prompts_on=cpu_tasks, and the codec actors may hold all {cpus:g} "
+                         "CPUs: prompt tasks wait until the pool shrinks; set ray.tokenize.max_actors lower")
+        if writer.num_cpus > max(free, 0.0):
+            writer = replace(writer, num_cpus=0.0)
+            notes.append("[shard] the codec actors may hold every CPU: the shard-writing tasks ask for none")
+    return ShardStagePlan(codec, on_actors, writer, tuple(notes))
 
 
 def actor_device(requested: str = "auto", stage: str = "actor") -> str:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import tria  # noqa: F401  (torchaudio placeholder)
-from pipelines.resources import ActorPoolConfig, TaskConfig, plan_pool, prompts_on_codec_actors, task_args
+from pipelines.resources import ActorPoolConfig, TaskConfig, plan_pool, plan_shard_stages, task_args
 from pipelines.stages.excerpt import FilterConfig, filter_batch, rows_from_batch
 from pipelines.stages.groups import GroupPromptsTokenizer, GroupTokenizer, group_prompts, write_group
 from pipelines.stages.prompts import PromptConfig
@@ -294,10 +294,15 @@ def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, groups: l
     ds = ray.data.from_items(groups, override_num_blocks=max(1, len(groups)))
     want_prompts = any(g["want_prompts"] for g in groups)
     want_tokens = any(g["want_tokens"] for g in groups)
-    on_actors = False
-    if want_tokens:
-        plan = plan_pool("tokenize", tokenize_pool(cfg.ray), ray.cluster_resources(), device=cfg.codec.device)
-        on_actors = want_prompts and prompts_on_codec_actors(cfg.ray.prompts_on, plan)
+    cluster = ray.cluster_resources()
+    pool = tokenize_pool(cfg.ray)
+    stages = plan_shard_stages(
+        plan_pool("tokenize", pool, cluster, device=cfg.codec.device) if want_tokens else None, cluster,
+        cfg.ray.prompts_on, want_prompts, cfg.ray.shard_write, pool_from_cluster=pool.max_actors is None)
+    plan, on_actors = stages.codec, stages.prompts_on_actors
+    for note in stages.notes:
+        print(note, flush=True)
+    if plan is not None:
         print(f"{plan.describe()}; prompts on {'the codec actors' if on_actors else 'CPU tasks'}", flush=True)
     if want_prompts and not on_actors:
         ds = ds.map_batches(group_prompts, fn_kwargs={"config": cfg.prompts, "chunk": cfg.ray.prompt_batch_size},
@@ -308,7 +313,7 @@ def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, groups: l
                             fn_constructor_args=args + ((cfg.prompts,) if on_actors else ()),
                             batch_size=1, **plan.map_batches_args())
     ds = ds.map_batches(write_group, fn_kwargs={"root": cfg.shard_uri, "ids": ids, "run_id": run_id}, batch_size=1,
-                        **task_args(cfg.ray.shard_write))
+                        **task_args(stages.writer))
     written: list[ShardRow] = []
     rejects: list[RejectRow] = []
     failed: list[dict[str, Any]] = []  # groups a worker could not write (full disk, refused upload)

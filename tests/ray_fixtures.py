@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -82,9 +83,12 @@ def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any
         return dict(temp_dir=temp, dashboard_agent_listen_port=free_port(), runtime_env_agent_port=free_port(),
                     metrics_agent_port=free_port(), metrics_export_port=free_port())
 
-    saved = {k: os.environ.get(k) for k in ("PATH", "RAY_AUTH_MODE")}
+    saved = {k: os.environ.get(k) for k in ("PATH", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     os.environ["RAY_AUTH_MODE"] = "token"
+    # Its own token, inherited by the nodes and by submitted jobs: on a fresh machine (CI) there is no
+    # ~/.ray/auth_token, and a Ray client in token mode without one aborts the whole process (seen here).
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     _refresh_ray_auth()  # this process read the mode at import; nodes and clients must agree
     dashboard_port = [0]
 
@@ -94,6 +98,11 @@ def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any
                     include_dashboard=dashboard, **ports())
         return args | (dict(dashboard_host="127.0.0.1", dashboard_port=dashboard_port[0]) if dashboard else {})
 
+    # Cluster.add_node writes the head's address to Ray's default temp folder whatever temp_dir says, and
+    # fails where that folder does not exist yet (a fresh machine).
+    from ray._common.utils import get_default_ray_temp_dir
+
+    os.makedirs(get_default_ray_temp_dir(), exist_ok=True)
     c = Cluster()
     try:
         _retry_start(lambda: c.add_node(**head()))  # new ports each try: a failed head may still hold its own
@@ -134,3 +143,44 @@ def _refresh_ray_auth() -> None:
     from ray._private.authentication.authentication_token_setup import Config
 
     Config.initialize("")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def submit_pipeline(url: str, cfg: Path, root: Path, **popen) -> "subprocess.Popen":
+    """``orchestration/submit_pipeline.sh`` (``ray job submit``) of ``cfg`` to the cluster at ``url``."""
+    import subprocess
+
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(["bash", str(REPO / "orchestration" / "submit_pipeline.sh"), "--address", url, str(cfg),
+                             f"root={root}"], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+def ray_actors(gcs: str, cls: str = "Tokenizer") -> list:
+    """The cluster's actors (alive or dead) whose class name contains ``cls``, from Ray's state API."""
+    from ray.util.state import list_actors
+
+    return [a for a in list_actors(address=gcs, detail=True, limit=1000) if cls in a.class_name]
+
+
+def check_catalogue(root: Path) -> set[str]:
+    """Every excerpt in exactly one complete shard, catalogue and shard files agreeing; returns the keys."""
+    from collections import Counter
+
+    from pipelines.catalogue import Catalogue
+
+    samples, keys = read_shards(root / "data" / "shards")
+    assert len(keys) == len(set(keys)), f"duplicated: {[k for k, n in Counter(keys).items() if n > 1]}"
+    with Catalogue(root / "data" / "catalogue.duckdb", read_only=True) as cat:
+        excerpts = {r[0] for r in cat.execute("SELECT excerpt_id FROM excerpts").rows}
+        linked = {kind: [r[0] for r in cat.execute(
+            "SELECT excerpt_id FROM shard_excerpts se JOIN shards s USING (shard_id) WHERE s.status = 'ok' "
+            "AND s.kind = ?", [kind]).rows] for kind in ("tokens", "prompts")}
+        runs = cat.execute("SELECT status FROM pipeline_runs").rows
+    assert sorted(linked["tokens"]) == sorted(linked["prompts"]) == sorted(excerpts) == sorted(samples), \
+        "nothing lost, nothing twice"
+    assert runs and all(r == ("done",) for r in runs), runs
+    assert not list((root / "data" / "shards").rglob("*.tmp"))
+    return set(samples)

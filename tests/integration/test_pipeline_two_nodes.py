@@ -7,20 +7,13 @@ finishes through Ray's actor restarts and task retries, with nothing lost and no
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
-from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from pipeline_fixtures import make_drums, make_mix
-from pipelines.catalogue import Catalogue
-from ray_fixtures import local_cluster, pipeline_yaml, read_shards
+from ray_fixtures import check_catalogue, local_cluster, pipeline_yaml, ray_actors, submit_pipeline
 
-REPO = Path(__file__).resolve().parents[2]
-SUBMIT = REPO / "orchestration" / "submit_pipeline.sh"
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CODEC = {"tokenize": {"resources": {"codec": 1}}}  # the codec actors need the second node's resource
 GPU_NODE = dict(num_cpus=2, num_gpus=2, resources={"codec": 2})
@@ -42,43 +35,14 @@ def corpus(tmp_path_factory):
     return audio
 
 
-def _submit(url: str, cfg: Path, root: Path, **popen) -> subprocess.Popen:
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(["bash", str(SUBMIT), "--address", url, str(cfg), f"root={root}"], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
-
-
-def _actors(gcs: str, cls: str = "Tokenizer") -> list:
-    from ray.util.state import list_actors
-
-    return [a for a in list_actors(address=gcs, detail=True, limit=1000) if cls in a.class_name]
-
-
-def _check_catalogue(root: Path) -> set[str]:
-    """Every excerpt in exactly one complete shard, catalogue and shard files agreeing; returns the keys."""
-    samples, keys = read_shards(root / "data" / "shards")
-    assert len(keys) == len(set(keys)), f"duplicated: {[k for k, n in Counter(keys).items() if n > 1]}"
-    with Catalogue(root / "data" / "catalogue.duckdb", read_only=True) as cat:
-        excerpts = {r[0] for r in cat.execute("SELECT excerpt_id FROM excerpts").rows}
-        linked = {kind: [r[0] for r in cat.execute(
-            "SELECT excerpt_id FROM shard_excerpts se JOIN shards s USING (shard_id) WHERE s.status = 'ok' "
-            "AND s.kind = ?", [kind]).rows] for kind in ("tokens", "prompts")}
-        runs = cat.execute("SELECT status FROM pipeline_runs").rows
-    assert sorted(linked["tokens"]) == sorted(linked["prompts"]) == sorted(excerpts) == sorted(samples), \
-        "nothing lost, nothing twice"
-    assert runs and all(r == ("done",) for r in runs), runs
-    assert not list((root / "data" / "shards").rglob("*.tmp"))
-    return set(samples)
-
-
 @pytest.fixture(scope="module")
 def clean_run(cluster, corpus, tmp_path_factory):
     c, url, node, add_node = cluster
     root = tmp_path_factory.mktemp("clean")
-    proc = _submit(url, pipeline_yaml(root, corpus, mix=True, ray=CODEC), root)
+    proc = submit_pipeline(url, pipeline_yaml(root, corpus, mix=True, ray=CODEC), root)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-5000:]
-    return root, out, _actors(c.gcs_address), _actors(c.gcs_address, "Separator")
+    return root, out, ray_actors(c.gcs_address), ray_actors(c.gcs_address, "Separator")
 
 
 def test_gpu_actors_on_the_second_node_and_the_script_prints_the_summary(cluster, clean_run):
@@ -100,14 +64,14 @@ def test_gpu_actors_on_the_second_node_and_the_script_prints_the_summary(cluster
     assert "Ray gave this actor GPU" in out and "torch sees no CUDA device" in out, "the CPU fallback is said"
     assert "pipeline cluster-test: done" in out
     assert "==> catalogue summary" in out and "shards (ok)" in out and "excerpts" in out
-    assert len(_check_catalogue(root)) == 7
+    assert len(check_catalogue(root)) == 7
 
 
 def test_remove_the_codec_node_mid_run(cluster, corpus, clean_run, tmp_path):
     c, url, node, add_node = cluster
     root = tmp_path / "removed"
     shard_dir = root / "data" / "shards"
-    proc = _submit(url, pipeline_yaml(root, corpus, per_shard=2, ray=CODEC), root)
+    proc = submit_pipeline(url, pipeline_yaml(root, corpus, per_shard=2, ray=CODEC), root)
     try:
         deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None and not list(shard_dir.rglob("shard-*.tar")):
@@ -121,8 +85,8 @@ def test_remove_the_codec_node_mid_run(cluster, corpus, clean_run, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out[-5000:]
-    keys = _check_catalogue(root)
-    assert len(keys) == 6 and keys < _check_catalogue(clean_run[0]), "the clean run's samples, less the mix"
+    keys = check_catalogue(root)
+    assert len(keys) == 6 and keys < check_catalogue(clean_run[0]), "the clean run's samples, less the mix"
     assert len(list(shard_dir.rglob("shard-*.tar"))) > n_before, "the rest was written after the node went"
     # Whether a codec actor restarts on the replacement depends on timing: a shard group is written only
     # after it was encoded, so by the time the first shard file appears the codec actors may have encoded

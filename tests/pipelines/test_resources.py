@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from pipelines import resources as R
-from pipelines.resources import ActorPoolConfig, TaskConfig, actor_device, plan_pool, prompts_on_codec_actors
+from pipelines.resources import (ActorPoolConfig, TaskConfig, actor_device, plan_pool, plan_shard_stages,
+                                 prompts_on_codec_actors)
 from pipelines.run import RayConfig, load_pipeline_config, tokenize_pool
 from tria.config import ConfigError
 
@@ -74,6 +75,42 @@ def test_prompts_placement():
     assert prompts_on_codec_actors("codec_actors", cpu) and not prompts_on_codec_actors("cpu_tasks", gpu)
     with pytest.raises(ValueError, match="prompts_on"):
         prompts_on_codec_actors("gpu", gpu)
+
+
+def _stages(cluster, pool=ActorPoolConfig(), prompts="auto", writer=TaskConfig()):
+    codec = plan_pool("tokenize", pool, cluster)
+    return plan_shard_stages(codec, cluster, prompts, True, writer, pool_from_cluster=pool.max_actors is None)
+
+
+def test_a_cpu_codec_pool_sized_from_the_cluster_leaves_a_cpu_for_the_tasks():
+    s = _stages(CPU_CLUSTER)  # 6 CPUs: the pool alone would take all 6
+    assert (s.codec.min_size, s.codec.max_size) == (1, 5) and not s.prompts_on_actors
+    assert s.writer.num_cpus == 1.0
+    assert s.notes == ("[tokenize] the codec pool stops at 5 actor(s) so that 1 of the cluster's 6 CPUs stays free "
+                       "for the prompt and shard-writing tasks",)
+    two = _stages({"CPU": 2.0})  # two 1-CPU nodes: one codec actor, one CPU for the tasks
+    assert two.codec.max_size == 1 and not two.prompts_on_actors and two.writer.num_cpus == 1.0
+    wide = _stages(CPU_CLUSTER, ActorPoolConfig(num_cpus=2))  # 2 CPUs an actor: 3 would take all 6
+    assert wide.codec.max_size == 2 and "stops at 2 actor(s)" in wide.notes[0]
+    assert not _stages({"CPU": 7.0}, ActorPoolConfig(num_cpus=2)).notes  # 3 actors leave 1 free already
+
+
+def test_where_the_codec_may_hold_every_cpu_prompts_go_to_it_and_writers_ask_for_none():
+    one = _stages({"CPU": 1.0})
+    assert one.codec.max_size == 1 and one.prompts_on_actors and one.writer.num_cpus == 0.0
+    assert any("prompts run on them" in n for n in one.notes) and any("ask for none" in n for n in one.notes)
+    by_hand = _stages(CPU_CLUSTER, ActorPoolConfig(max_actors=6))  # sized by hand: obeyed, the tasks adapt
+    assert by_hand.codec.max_size == 6 and by_hand.prompts_on_actors and by_hand.writer.num_cpus == 0.0
+    forced = _stages({"CPU": 1.0}, prompts="cpu_tasks")  # told so: obeyed, with a warning
+    assert not forced.prompts_on_actors and any("warning" in n for n in forced.notes)
+
+
+def test_gpu_codec_pools_and_no_codec_are_left_alone():
+    gpu = _stages(GPU_CLUSTER)
+    assert gpu.codec == plan_pool("tokenize", ActorPoolConfig(), GPU_CLUSTER) and gpu.prompts_on_actors
+    assert not gpu.notes and gpu.writer == TaskConfig()
+    none = plan_shard_stages(None, {"CPU": 1.0}, "auto", True, TaskConfig(), True)
+    assert none.codec is None and not none.prompts_on_actors and not none.notes
 
 
 def test_pipeline_config_overrides(tmp_path):
