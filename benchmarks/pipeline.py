@@ -27,7 +27,8 @@ CPUs each, on one corpus (``--ray-stems`` loops of 14 s):
 
 * ``pipeline/bare-encode``: the pipeline's excerpt seconds per wall second, divided by a bare batched DAC
   encode of the same excerpts (audio loaded beforehand) through the same codec actor pool
-  (``pipelines.resources.plan_pool`` on the same cluster); both include starting the actors;
+  (``pipelines.run.shard_stage_plan`` on the same cluster: the pipeline's codec pool); both include
+  starting the actors;
 * ``2 nodes/1 node``: the pipeline's throughput on 2 nodes over 1 node;
 * ``driver bytes/sample``: bytes of the batches the job driver received from Ray Data (every
   ``iter_batches`` of the run, all stages), per sample written.
@@ -300,8 +301,7 @@ def ray_runs(args) -> dict[int, dict[str, float]]:
     """The whole pipeline and a bare encode of its excerpts on a 1-node, then a 2-node local Ray cluster."""
     import ray
 
-    from pipelines.resources import plan_pool
-    from pipelines.run import load_pipeline_config, run
+    from pipelines.run import load_pipeline_config, run, shard_stage_plan
     from pipelines.stages.prompts import load_excerpt
     from ray_fixtures import local_cluster, pipeline_yaml
 
@@ -331,7 +331,7 @@ def ray_runs(args) -> dict[int, dict[str, float]]:
                         rows = cat.execute("SELECT e.offset_s, s.path FROM excerpts e JOIN stems s USING (stem_id) "
                                            "ORDER BY e.excerpt_id").rows
                     items = [{"audio": load_excerpt(p, o, 6.0)[0], "split": "train"} for o, p in rows]
-                    plan = plan_pool("tokenize", cfg.ray.tokenize, ray.cluster_resources(), device=cfg.codec.device)
+                    plan = shard_stage_plan(cfg, ray.cluster_resources()).codec  # the pipeline's codec pool
                     t0 = time.perf_counter()
                     ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // batch)))
                     ds = ds.map_batches(Tokenizer, fn_constructor_args=(cfg.codec,), batch_size=batch,

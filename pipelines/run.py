@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import tria  # noqa: F401  (torchaudio placeholder)
-from pipelines.resources import ActorPoolConfig, TaskConfig, plan_pool, plan_shard_stages, task_args
+from pipelines.resources import (ActorPoolConfig, ShardStagePlan, TaskConfig, plan_pool, plan_shard_stages,
+                                 task_args)
 from pipelines.stages.excerpt import FilterConfig, filter_batch, rows_from_batch
 from pipelines.stages.groups import GroupPromptsTokenizer, GroupTokenizer, group_prompts, write_group
 from pipelines.stages.prompts import PromptConfig
@@ -294,11 +295,7 @@ def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, groups: l
     ds = ray.data.from_items(groups, override_num_blocks=max(1, len(groups)))
     want_prompts = any(g["want_prompts"] for g in groups)
     want_tokens = any(g["want_tokens"] for g in groups)
-    cluster = ray.cluster_resources()
-    pool = tokenize_pool(cfg.ray)
-    stages = plan_shard_stages(
-        plan_pool("tokenize", pool, cluster, device=cfg.codec.device) if want_tokens else None, cluster,
-        cfg.ray.prompts_on, want_prompts, cfg.ray.shard_write, pool_from_cluster=pool.max_actors is None)
+    stages = shard_stage_plan(cfg, ray.cluster_resources(), want_tokens, want_prompts)
     plan, on_actors = stages.codec, stages.prompts_on_actors
     for note in stages.notes:
         print(note, flush=True)
@@ -336,6 +333,15 @@ def make_shards(cfg: PipelineConfig, cat: Catalogue, run_id: str, ray, groups: l
     cat.finish_stage(run_id, "shard", n_in=sum(len(g["excerpts"]) for g in groups),
                      n_out=sum(r.n_samples for r in written), n_rejected=len(rejects))
     return written, rejects
+
+
+def shard_stage_plan(cfg: PipelineConfig, cluster: dict, want_tokens: bool = True,
+                     want_prompts: bool = True) -> ShardStagePlan:
+    """Where the shard stage's codec actors, prompts and writers run on ``cluster`` (``ray.cluster_resources()``)."""
+    pool = tokenize_pool(cfg.ray)
+    return plan_shard_stages(
+        plan_pool("tokenize", pool, cluster, device=cfg.codec.device) if want_tokens else None, cluster,
+        cfg.ray.prompts_on, want_prompts, cfg.ray.shard_write, pool_from_cluster=pool.max_actors is None)
 
 
 def tokenize_pool(cfg: RayConfig) -> ActorPoolConfig:
