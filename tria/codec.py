@@ -6,10 +6,11 @@ Weights, chosen by ``Codec.load(weights=...)``:
   cache (``~/.cache/descript/dac``). Needs the internet once.
 * a path: a DAC weights file (``{"state_dict", "metadata": {"kwargs"}}``, as ``DAC.save`` writes or
   :meth:`Codec.save` writes). Loaded with ``weights_only=True``.
-* a name from :data:`NAMED_WEIGHTS`: a weights file shipped with the project (none yet; the demo
-  codec trained by ``python -m tria.codec_train conf/codec/demo_drums.yaml`` is meant to become
-  ``"demo-drums"``). Its ``codec_id`` is ``dac-<name>-<digest>``, so a checkpoint trained on its
-  tokens finds it again with no path.
+* a name from :data:`NAMED_WEIGHTS`: a weights file shipped with the project. ``"demo-drums"`` is the
+  demo codec (2.0M parameters, trained here on the demo's Hydrogen kits by
+  ``python -m tria.codec_train conf/codec/demo_drums.yaml``; see ``tria/weights/README.md``). Its
+  ``codec_id`` is ``dac-<name>-<digest>``, so a checkpoint trained on its tokens finds it again with
+  no path. The architecture comes from the file; ``size`` does not apply.
 * ``"random"``: the same architecture with a seeded random init. Tokens from it are not
   meaningful audio codes; it exists so tests and offline demos run the real code path.
 
@@ -42,10 +43,10 @@ CODEBOOK_SIZE = 1024
 TARGET_RMS_DB = -16.0  # the authors' tokenizer normalises RMS (not LUFS) to -16 dBFS
 OFFICIAL_ID = "dac-44khz-8kbps-0.0.1"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-# Weights files shipped in the repository, by name (``codec.weights=<name>``). None ships yet: the demo
-# codec (conf/codec/demo_drums.yaml, to become "demo-drums" -> WEIGHTS_DIR / "dac_demo_drums.pth") has not
-# reached its reconstruction goal (issue 16), and a name must not point at a file that is not there.
-NAMED_WEIGHTS: dict[str, Path] = {}
+# Weights files shipped in the repository, by name (``codec.weights=<name>``); each is described in
+# tria/weights/README.md. "demo-drums": the demo codec, trained here on the demo's Hydrogen kits
+# (conf/codec/demo_drums*.yaml); not the official DAC.
+NAMED_WEIGHTS: dict[str, Path] = {"demo-drums": WEIGHTS_DIR / "dac_demo_drums.pth"}
 
 # Architecture of the official 44 kHz 8 kbps model, and a small one with the same token layout.
 DAC_KWARGS = {

@@ -410,8 +410,8 @@ class CodecTrainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
         self.optimizer.step()
         self.step += 1
-        return {"train/loss": float(loss), "train/grad_norm": float(grad_norm),
-                **{f"train/{k}": float(v) for k, v in terms.items()}}
+        return {"train/loss": loss.item(), "train/grad_norm": grad_norm.item(),
+                **{f"train/{k}": v.item() for k, v in terms.items()}}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -456,18 +456,53 @@ class CodecTrainer:
         self.logger.close()
 
 
+def evaluate_heldout(cfg: CodecTrainConfig, weights: str, split: str = "test") -> dict[str, dict[str, float]]:
+    """Score ``weights`` (a DAC file of ``cfg.arch``) on every ``split`` stem of the config's selection,
+    clipped to ``data.eval_seconds``, against the same architecture at random init (seed ``cfg.seed``):
+    the reference the demo codec's targets are stated against."""
+    rows = select_stems(cfg, split)
+    audio, _, rejects = load_stems(rows, HOP_LENGTH * 8, cfg.data.min_rms_db)
+    for r in rejects:
+        print(f"[codec_train] rejected {r.path}: {r.reason} ({r.detail})", flush=True)
+    if not audio:
+        raise ValueError(f"no usable '{split}' stems in {cfg.path(cfg.data.catalogue)}")
+    clips = [a[: int(cfg.data.eval_seconds * SAMPLE_RATE)].numpy() for a in audio]
+    torch.manual_seed(cfg.seed)
+    models = {"random init": _build_dac(cfg.arch.dac_kwargs()), "trained": _load_dac_file(cfg.path(weights))}
+    out = {}
+    for name, model in models.items():
+        with torch.no_grad():
+            scores = evaluate_codec(Codec(model, name, name), clips)
+        out[name] = scores
+        print(f"[codec_train] {split} ({len(clips)} clips of {cfg.data.eval_seconds:g} s), {name}: onset F1 "
+              f"{scores['eval/onset_f1']:.3f}, mel distance {scores['eval/mel_distance']:.3f}", flush=True)
+    ratio = out["trained"]["eval/mel_distance"] / out["random init"]["eval/mel_distance"]
+    print(f"[codec_train] mel distance trained/random init = {ratio:.2f}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tria.codec_train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", help="codec training YAML (conf/codec/*.yaml)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_iters=100 data.batch_size=8")
     ap.add_argument("--resume", action="store_true", help="continue from <out_dir>/<name>/checkpoints/latest.pt")
+    ap.add_argument("--evaluate", metavar="WEIGHTS", help="train nothing: score this DAC file on held-out stems "
+                    "against the same architecture at random init")
+    ap.add_argument("--split", default="test", help="the split --evaluate scores (default: test)")
     args = ap.parse_intermixed_args(argv)
     try:
         cfg = load_codec_train_config(args.config, args.overrides)
     except (ConfigError, ValueError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    if args.evaluate:
+        try:
+            evaluate_heldout(cfg, args.evaluate, args.split)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="stft_data changed shape")  # audiotools, harmless
         try:

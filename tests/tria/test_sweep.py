@@ -223,6 +223,7 @@ def test_shipped_sweeps_resolve(name):
     assert all(c["val_every_codebook"] for c in by.values())
     if name.endswith("_demo"):
         assert all(c["model"]["size"] == "tiny" and c["num_iters"] == 300 for c in by.values())
+        assert all(c["codec"]["weights"] == "demo-drums" for c in by.values())  # the demo's own tokens
         assert sweep.eval.set == "conf/eval/demo.yaml" and sweep.pipeline.startswith("conf/pipeline/demo")
 
 
