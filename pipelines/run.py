@@ -120,6 +120,8 @@ def ingest_sources(cfg: PipelineConfig, cat: Catalogue) -> None:
 
     for entry in cfg.sources:
         options = {k: v for k, v in entry.items() if k != "name"}
+        if isinstance(options.get("location"), str) and not fs.is_uri(options["location"]):
+            options["location"] = str(cfg.path(options["location"]))  # relative to root, like every path here
         source = get_source(entry["name"], **options)
         t0 = time.perf_counter()
         result = ingest(source, cfg.path(cfg.data_dir), catalogue=cat)

@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import os
-import secrets
 import shutil
 import socket
 import sys
@@ -83,12 +82,10 @@ def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any
         return dict(temp_dir=temp, dashboard_agent_listen_port=free_port(), runtime_env_agent_port=free_port(),
                     metrics_agent_port=free_port(), metrics_export_port=free_port())
 
-    saved = {k: os.environ.get(k) for k in ("PATH", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    saved = {k: os.environ.get(k) for k in ("PATH", "RAY_AUTH_MODE")}
     os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     os.environ["RAY_AUTH_MODE"] = "token"
-    # Its own token, inherited by the nodes and by submitted jobs: on a fresh machine (CI) there is no
-    # ~/.ray/auth_token, and a Ray client in token mode without one aborts the whole process (seen here).
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    _ensure_ray_token()
     _refresh_ray_auth()  # this process read the mode at import; nodes and clients must agree
     dashboard_port = [0]
 
@@ -116,6 +113,21 @@ def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any
             else:
                 os.environ[k] = v
         _refresh_ray_auth()
+
+
+def _ensure_ray_token() -> None:
+    """Make the token file that ``ray start`` and ``ray.init`` make when token auth finds none
+    (~/.ray/auth_token), unless a token is already set. On a fresh machine (CI) there is none, and a Ray
+    client in token mode without one aborts the whole process (seen here). The same file for every
+    cluster: Ray's C++ side keeps the first token a process loaded, so clusters with different tokens in
+    one process refuse it (InvalidAuthToken, seen with a fresh env token per cluster)."""
+    from ray._private.authentication.authentication_token_setup import (_get_default_token_path,
+                                                                         generate_and_save_token)
+
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    if not _get_default_token_path().exists():
+        generate_and_save_token()
 
 
 def free_port() -> int:

@@ -136,12 +136,63 @@ def plot(rows: list[tuple[str, np.ndarray, np.ndarray]], path: Path, hop_s: floa
     return path
 
 
+def run_showcase(checkpoint: Path, out: Path, timbres: list[dict], gestures: list[Path], seed: int = 0,
+                 title: str = "") -> list[dict]:
+    """Generate every gesture x kit with ``checkpoint`` into ``out``; write the wavs, the picture and
+    ``scores.json``; print and return the scores. A second call with the same checkpoint reuses them."""
+    from tria.generate import generate_drums, load_for_generation
+    from tria.sampling import SamplerConfig
+
+    stamp = hashlib.sha1(checkpoint.read_bytes()).hexdigest()[:12]
+    done = out / ".checkpoint"
+    names = [f"{g.stem}__{t['kit'].replace(' ', '_')}" for g in gestures for t in timbres]
+    scores_path = out / "scores.json"
+    if title:
+        print(f"  {title} ({checkpoint})")
+    if done.exists() and done.read_text() == stamp and scores_path.exists() \
+            and all((out / f"{n}.wav").exists() for n in names):
+        print(f"  reusing the generated drums in {out} (same checkpoint)")
+        scores = json.loads(scores_path.read_text())
+        print_scores(scores)
+        return scores
+
+    loaded = load_for_generation(checkpoint)  # model, its codec and feature config, checked together
+    sampler = SamplerConfig.app()
+    rows, outputs = [], []
+    frame_s = 1.0
+    for g in gestures:
+        rhythm, _ = load_audio(g, sample_rate=SR)
+        save_audio(out / "prompts" / f"{g.stem}.wav", rhythm, SR)
+        for t in timbres:
+            timbre, _ = load_audio(t["path"], sample_rate=SR)
+            save_audio(out / "prompts" / f"kit_{t['kit'].replace(' ', '_')}.wav", timbre[:, : 2 * SR], SR)
+            audio, info = generate_drums(rhythm, SR, timbre, SR, loaded.model, loaded.codec, loaded.features,
+                                         sampler, seed=seed)
+            name = f"{g.stem}__{t['kit'].replace(' ', '_')}"
+            path = save_audio(out / f"{name}.wav", audio[0], SR)
+            # the features generation used (prompt) and those of its output, both on the codec's frames
+            rows.append((f"{g.stem} x {t['kit']}", info["prompt_feats"], info["result_feats"][0]))
+            frame_s = 1.0 / info["frame_rate"]
+            outputs.append({"name": name, "gesture": g.stem, "prompt": rhythm[0], "audio": audio[0]})
+            print(f"  {path}  ({audio.shape[-1] / SR:.1f} s; rhythm {g.name}, kit {t['kit']})")
+    png = plot(rows, out / "rhythm_features.png", frame_s)
+    print(f"  {png}")
+    scores = rhythm_scores(outputs)
+    scores_path.write_text(json.dumps(scores, indent=1))
+    print_scores(scores)
+    done.write_text(stamp)
+    return scores
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.demo.showcase", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check-trained", nargs=2, metavar=("CKPT", "CONFIG"),
                     help="exit 0 if CKPT reached CONFIG's num_iters, else 1")
-    ap.add_argument("--checkpoint", type=Path)
+    ap.add_argument("--checkpoint", type=Path, help="the checkpoint to generate with (written to --out)")
+    ap.add_argument("--also", type=Path, metavar="CKPT",
+                    help="a second checkpoint, generated into <out>/<--also-name>/ and scored the same way")
+    ap.add_argument("--also-name", default="this_run")
     ap.add_argument("--corpus", type=Path, help="the rendered Hydrogen corpus (with manifest.json)")
     ap.add_argument("--catalogue", type=Path)
     ap.add_argument("--out", type=Path, default=Path("demo_out"))
@@ -151,46 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if is_trained(Path(args.check_trained[0]), Path(args.check_trained[1])) else 1
     if not (args.checkpoint and args.corpus and args.catalogue):
         ap.error("--checkpoint, --corpus and --catalogue are required")
-
-    from tria.generate import generate_drums, load_for_generation
-    from tria.sampling import SamplerConfig
-
-    stamp = hashlib.sha1(args.checkpoint.read_bytes()).hexdigest()[:12]
-    done = args.out / ".checkpoint"
     timbres, gestures = pick_timbres(args.catalogue), pick_gestures(args.corpus)
-    names = [f"{g.stem}__{t['kit'].replace(' ', '_')}" for g in gestures for t in timbres]
-    scores_path = args.out / "scores.json"
-    if done.exists() and done.read_text() == stamp and scores_path.exists() \
-            and all((args.out / f"{n}.wav").exists() for n in names):
-        print(f"reusing the generated drums in {args.out} (same checkpoint)")
-        print_scores(json.loads(scores_path.read_text()))
-        return 0
-
-    loaded = load_for_generation(args.checkpoint)  # model, its codec and feature config, checked together
-    sampler = SamplerConfig.app()
-    rows, outputs = [], []
-    frame_s = 1.0
-    for g in gestures:
-        rhythm, _ = load_audio(g, sample_rate=SR)
-        save_audio(args.out / "prompts" / f"{g.stem}.wav", rhythm, SR)
-        for t in timbres:
-            timbre, _ = load_audio(t["path"], sample_rate=SR)
-            save_audio(args.out / "prompts" / f"kit_{t['kit'].replace(' ', '_')}.wav", timbre[:, : 2 * SR], SR)
-            audio, info = generate_drums(rhythm, SR, timbre, SR, loaded.model, loaded.codec, loaded.features,
-                                         sampler, seed=args.seed)
-            name = f"{g.stem}__{t['kit'].replace(' ', '_')}"
-            path = save_audio(args.out / f"{name}.wav", audio[0], SR)
-            # the features generation used (prompt) and those of its output, both on the codec's frames
-            rows.append((f"{g.stem} x {t['kit']}", info["prompt_feats"], info["result_feats"][0]))
-            frame_s = 1.0 / info["frame_rate"]
-            outputs.append({"name": name, "gesture": g.stem, "prompt": rhythm[0], "audio": audio[0]})
-            print(f"  {path}  ({audio.shape[-1] / SR:.1f} s; rhythm {g.name}, kit {t['kit']})")
-    png = plot(rows, args.out / "rhythm_features.png", frame_s)
-    print(f"  {png}")
-    scores = rhythm_scores(outputs)
-    scores_path.write_text(json.dumps(scores, indent=1))
-    print_scores(scores)
-    done.write_text(stamp)
+    run_showcase(args.checkpoint, args.out, timbres, gestures, args.seed, "")
+    if args.also:
+        print()
+        run_showcase(args.also, args.out / args.also_name, timbres, gestures, args.seed, f"the same with {args.also}")
     return 0
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import soundfile as sf
 
 from pipelines.demo.showcase import print_scores, rhythm_scores
 
@@ -37,3 +40,52 @@ def test_the_control_needs_two_prompts():
     a = _clicks([0.5, 1.5])
     with pytest.raises(ValueError, match="two different"):
         rhythm_scores([{"name": "x", "gesture": "a", "prompt": a, "audio": a}])
+
+
+@pytest.mark.slow  # ~20 s: 4 generations with tria_tiny and the tiny random codec
+def test_showcase_writes_and_scores_both_checkpoints_then_reuses_them(tmp_path, capsys):
+    """What `make demo` runs: the shipped model into --out, this run's (--also) into <out>/this_run/, and a
+    checkpoint exported without its training state generates the same drums as the full one."""
+    import torch
+
+    from pipelines.demo.showcase import main
+    from synth_audio import click_track, hat, kick, place
+    from tria.audio import save_audio
+    from tria.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
+    from tria.features import RhythmFeatureConfig
+    from tria.model import tria_tiny
+
+    torch.manual_seed(0)
+    model, feats = tria_tiny().eval(), RhythmFeatureConfig.release()
+    full = save_checkpoint(tmp_path / "full.pt", model.cfg, model, "dac-random-tiny-s0", feats.to_dict(),
+                           feats.config_id, train_state={"step": 7})
+    shipped = export_checkpoint(full, tmp_path / "shipped.pt")
+    assert "train_state" not in load_checkpoint(shipped) and "train_state" in load_checkpoint(full)
+    corpus = tmp_path / "corpus"
+    for name, times in (("000_tapping_a", [0.1, 0.5, 0.9, 1.3]), ("001_clap_b", [0.3, 0.6, 1.2])):
+        save_audio(corpus / f"{name}.wav", click_track(times, 1.6), SR)
+    (corpus / "manifest.json").write_text(json.dumps({"items": [
+        {"path": "000_tapping_a.wav", "kind": "gesture"}, {"path": "001_clap_b.wav", "kind": "gesture"}]}))
+    kit = place([(0.0, kick()), (0.25, hat()), (0.5, kick())], 1.0)
+    timbres = [{"path": str(tmp_path / "kit.wav"), "kit": "Test Kit", "split": "val"}]
+    save_audio(tmp_path / "kit.wav", kit, SR)
+
+    import pipelines.demo.showcase as sc
+
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(shipped), "--also", str(full), "--corpus", str(corpus), "--catalogue", "unused",
+            "--out", str(out)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sc, "pick_timbres", lambda catalogue: timbres)
+        assert main(argv) == 0
+        first = capsys.readouterr().out
+        assert main(argv) == 0
+        second = capsys.readouterr().out
+    for folder in (out, out / "this_run"):
+        assert sorted(p.name for p in folder.glob("*.wav")) == ["000_tapping_a__Test_Kit.wav", "001_clap_b__Test_Kit.wav"]
+        assert len(json.loads((folder / "scores.json").read_text())) == 2
+        assert (folder / "rhythm_features.png").read_bytes()[:4] == b"\x89PNG"
+    a, b = (sf.read(folder / "000_tapping_a__Test_Kit.wav")[0] for folder in (out, out / "this_run"))
+    assert np.array_equal(a, b), "the exported checkpoint generates what the full one does"
+    assert first.count("mean: own") == 2 and "reusing" not in first
+    assert second.count("reusing the generated drums") == 2 and second.count("mean: own") == 2
