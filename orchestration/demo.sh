@@ -9,7 +9,8 @@
 #    catalogue -> excerpts -> rhythm prompts -> tokens -> shards (conf/pipeline/demo.yaml)
 # 3. the catalogue summary (a named query)
 # 4. tria_tiny trained for a few hundred steps, tracked in MLflow (conf/train/demo.yaml)
-# 5. drums generated for two rhythm gestures with two kits: wavs and a PNG of the rhythm features
+# 5. drums generated for two rhythm gestures with two kits, by the shipped demo model and by the model
+#    step 4 trained: wavs, a PNG of the rhythm features and rhythm scores against a control
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -23,6 +24,7 @@ MLFLOW_URL="http://127.0.0.1:$MLFLOW_PORT"
 RAY_URL="http://127.0.0.1:${RAY_DASHBOARD_PORT:-8265}"
 CATALOGUE=data/demo/catalogue.duckdb
 RUN_DIR=runs/demo/demo
+SHIPPED=tria/weights/tria_demo_drums.pt  # the demo TRIA model trained here and shipped (tria/weights/README.md)
 OUT=demo_out
 
 if [ "${1:-}" = "stop" ]; then
@@ -56,8 +58,10 @@ else
     "$PY" -m tria.train conf/train/demo.yaml "mlflow.tracking_uri=$MLFLOW_URL" "root=$REPO" --resume
 fi
 
-step "generating drums: two rhythm gestures x two kits"
-"$PY" -m pipelines.demo.showcase --checkpoint "$RUN_DIR/checkpoints/latest.pt" \
+step "generating drums: two rhythm gestures x two kits, with the shipped demo model and with this run's"
+echo "  the shipped demo model ($SHIPPED: tria_tiny trained here for longer on 160 loops of the demo kits,"
+echo "  conf/train/demo_large.yaml) -> $OUT/; the model this run just trained -> $OUT/this_run/"
+"$PY" -m pipelines.demo.showcase --checkpoint "$SHIPPED" --also "$RUN_DIR/checkpoints/latest.pt" \
     --corpus data/demo/raw/hydrogen/demo --catalogue "$CATALOGUE" --out "$OUT"
 
 step "dataset card of the training run: python -m pipelines.catalogue card --run demo"; "$PY" -m pipelines.catalogue card --run demo --db "$CATALOGUE"
@@ -65,8 +69,10 @@ step "dataset card of the training run: python -m pipelines.catalogue card --run
 cat <<EOF
 
 ==> done in $(( $(date +%s) - t0 )) s. Where everything is:
-  generated drums   $OUT/*.wav  (rhythm prompt + kit -> drums; the prompts are copied beside them)
-  feature picture   $OUT/rhythm_features.png
+  generated drums   $OUT/*.wav  (shipped demo model: rhythm prompt + kit -> drums; prompts in $OUT/prompts/)
+                    $OUT/this_run/*.wav  (the same from the model this run trained)
+  feature picture   $OUT/rhythm_features.png, $OUT/this_run/rhythm_features.png
+  rhythm scores     $OUT/scores.json, $OUT/this_run/scores.json
   shards            data/demo/shards/
   catalogue         $CATALOGUE
       .venv/bin/duckdb $CATALOGUE < sql/queries/summary.sql

@@ -99,13 +99,34 @@ def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any
     # fails where that folder does not exist yet (a fresh machine).
     from ray._common.utils import get_default_ray_temp_dir
 
+    from ray._private.utils import get_ray_address_file, write_ray_address
+
     os.makedirs(get_default_ray_temp_dir(), exist_ok=True)
+    # ... and so points the Ray that the user started there (`make demo`'s head) at this test cluster
+    # (and Cluster.shutdown deletes the file): their next `ray job submit` then ran on a cluster that no
+    # longer existed (seen). It is put back after the start and after the shutdown.
+    shared = Path(get_ray_address_file(None))
+    before = shared.read_text() if shared.exists() else None
+
+    def restore_shared() -> None:
+        if before is None:
+            shared.unlink(missing_ok=True)
+        else:
+            shared.write_text(before)
+
     c = Cluster()
     try:
-        _retry_start(lambda: c.add_node(**head()))  # new ports each try: a failed head may still hold its own
+        try:
+            _retry_start(lambda: c.add_node(**head()))  # new ports each try: a failed head may still hold its own
+        finally:
+            restore_shared()
+        # A submitted job's driver finds its cluster through <temp_dir>/ray_current_cluster; without it Ray
+        # falls back to any Ray it sees on the machine (seen: a job of this cluster joined the demo's head).
+        write_ray_address(c.head_node.gcs_address, temp)
         yield c, f"http://127.0.0.1:{dashboard_port[0]}", lambda **node: _retry_start(lambda: c.add_node(**node, **ports()))
     finally:
         c.shutdown()
+        restore_shared()
         shutil.rmtree(temp, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
