@@ -7,7 +7,8 @@ The model is the ``dac`` package's ``DAC`` class with the project's token layout
 own ``MultiScaleSTFTLoss`` and ``L1Loss`` plus the quantiser's commitment and codebook losses; an
 optional multi-scale mel term (:func:`tria.metrics.mel_distance`'s definition, in torch) stands in
 for DAC's ``MelSpectrogramLoss``, which needs librosa. No discriminator: DAC's GAN loss is left
-out (on 2 CPU cores it would triple the step time for a codec that must first get its onsets right).
+out (not tried here: its discriminators add their own passes to every step, and on 2 CPU cores the
+reconstruction losses alone reached the demo codec's targets).
 
 Data: the stems of one split (and tiers, sources) that the catalogue lists, read once into memory
 (mono 44.1 kHz float32: about 635 MB per hour). A stem that cannot be used is skipped with a
