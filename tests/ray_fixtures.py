@@ -105,10 +105,10 @@ def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any
     # ... and so points the Ray that the user started there (`make demo`'s head) at this test cluster
     # (and Cluster.shutdown deletes the file): their next `ray job submit` then ran on a cluster that no
     # longer existed (seen). It is put back after the start and after the shutdown.
-    shared = Path(get_ray_address_file(None))
-    before = shared.read_text() if shared.exists() else None
+    before = shared_ray_address()
 
     def restore_shared() -> None:
+        shared = Path(get_ray_address_file(None))
         if before is None:
             shared.unlink(missing_ok=True)
         else:
@@ -116,10 +116,8 @@ def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any
 
     c = Cluster()
     try:
-        try:
-            _retry_start(lambda: c.add_node(**head()))  # new ports each try: a failed head may still hold its own
-        finally:
-            restore_shared()
+        _retry_start(lambda: c.add_node(**head()))  # new ports each try: a failed head may still hold its own
+        restore_shared()  # (a failed start: the finally below puts it back)
         # A submitted job's driver finds its cluster through <temp_dir>/ray_current_cluster; without it Ray
         # falls back to any Ray it sees on the machine (seen: a job of this cluster joined the demo's head).
         write_ray_address(c.head_node.gcs_address, temp)
@@ -134,6 +132,15 @@ def local_cluster(head_cpus: int, dashboard: bool = False) -> Iterator[tuple[Any
             else:
                 os.environ[k] = v
         _refresh_ray_auth()
+
+
+def shared_ray_address() -> str | None:
+    """The text of Ray's machine-wide "last cluster started" file (``<default temp dir>/ray_current_cluster``),
+    which a Ray that the user started themselves (`make demo`'s head) relies on; None when there is none."""
+    from ray._private.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    return path.read_text() if path.exists() else None
 
 
 def _ensure_ray_token() -> None:

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     run_showcase(args.checkpoint, args.out, timbres, gestures, args.seed, "")
     if args.also:
         print()
-        run_showcase(args.also, args.out / args.also_name, timbres, gestures, args.seed, f"the same with {args.also}")
+        run_showcase(args.also, args.out / args.also_name, timbres, gestures, args.seed, "the same with --also")
     return 0
 
 

@@ -7,12 +7,10 @@ tests/pipelines/test_resources.py.)"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from pipeline_fixtures import make_drums
-from ray_fixtures import check_catalogue, local_cluster, pipeline_yaml, submit_pipeline
+from ray_fixtures import check_catalogue, local_cluster, pipeline_yaml, shared_ray_address, submit_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,21 +34,13 @@ def _run(url: str, root, corpus) -> str:
     return out
 
 
-def _shared_address() -> str | None:
-    """Ray's machine-wide "last cluster started" file, which a user's own Ray (`make demo`'s head) uses."""
-    from ray._private.utils import get_ray_address_file
-
-    path = Path(get_ray_address_file(None))
-    return path.read_text() if path.exists() else None
-
-
 def test_a_cluster_of_one_cpu_finishes(corpus, tmp_path):
-    before = _shared_address()
+    before = shared_ray_address()
     with local_cluster(head_cpus=1, dashboard=True) as (_, url, _add_node):
         # the job found this cluster through the cluster's own temp folder, and the user's Ray is untouched
-        assert _shared_address() == before
+        assert shared_ray_address() == before
         out = _run(url, tmp_path, corpus)
-    assert _shared_address() == before
+    assert shared_ray_address() == before
     assert "[prompts] the codec actors may hold all 1 CPUs: the prompts run on them" in out
     assert "[shard] the codec actors may hold every CPU: the shard-writing tasks ask for none" in out
     assert "[tokenize] actor pool 1..1 actors, each asks for CPU 1; prompts on the codec actors" in out
